@@ -1,0 +1,12 @@
+//! slidegrade: grades prostate biopsies from whole-slide images at low magnification.
+//!
+//! The data path, one module per stage (data flows down this list):
+//! - [`wsi`]: open a slide, read regions at a target µm/px (OpenSlide 4.x).
+//! - [`model`]: the model contract (`model.json`) and its checks against the ONNX graph.
+//! - [`engine`]: ONNX Runtime sessions (CUDA, else CPU) behind a synchronous trait, pooled.
+//! - [`server`]: the HTTP API.
+//!
+//! Model building: [`network`] (a CNN's weights and an independent forward pass) and
+//! [`onnx_writer`] (that network as an ONNX graph with `logits` and Grad-CAM `cam`).
+
+pub mod wsi;

@@ -1,0 +1,1 @@
+//! Slide reader (placeholder).
