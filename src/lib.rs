@@ -10,3 +10,8 @@
 //! [`onnx_writer`] (that network as an ONNX graph with `logits` and Grad-CAM `cam`).
 
 pub mod wsi;
+pub mod engine;
+pub mod export;
+pub mod model;
+pub mod network;
+pub mod onnx_writer;

@@ -1,0 +1,64 @@
+//! Helpers shared by the integration tests: tiny models built with the project's own
+//! exporter, and the path to the shared real-slide fixtures.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use slidegrade::export::{ExportInfo, export};
+use slidegrade::model::{Role, Training, VerifiedModel};
+use slidegrade::network::{Architecture, Network};
+
+pub const CLASSES: [&str; 4] = ["NC", "G3", "G4", "G5"];
+
+/// A small random CNN: 16 px input, two pooling stages, so a 4×4 CAM grid.
+pub fn tiny_network(seed: u64) -> Network {
+    Network::random(
+        &Architecture {
+            input_size: 16,
+            channels: vec![6, 8, 10],
+            pool_after: vec![true, true, false],
+            kernel: 3,
+            classes: CLASSES.len(),
+            batch_norm: true,
+        },
+        seed,
+    )
+}
+
+pub fn export_info(name: &str) -> ExportInfo {
+    ExportInfo {
+        name: name.to_string(),
+        version: "0.0.1-test".into(),
+        role: Role::Student,
+        description: "random weights, for tests only".into(),
+        classes: CLASSES.iter().map(|c| c.to_string()).collect(),
+        mpp: 8.0,
+        magnification: 1.25,
+        mean: ExportInfo::IMAGENET_MEAN,
+        std: ExportInfo::IMAGENET_STD,
+        training: Training {
+            data: "none (random weights)".into(),
+            synthetic_data: true,
+            notice: "Not for clinical use.".into(),
+            ..Training::default()
+        },
+    }
+}
+
+/// Exports a tiny random model into `dir/<name>` and returns it verified.
+pub fn tiny_model(dir: &Path, name: &str, seed: u64) -> (Network, VerifiedModel) {
+    let net = tiny_network(seed);
+    let model = export(&net, &export_info(name), &dir.join(name)).expect("export tiny model");
+    (net, model)
+}
+
+/// `../shared/data`, or None (with a message) when a user's clone lacks it.
+pub fn shared_data() -> Option<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data");
+    if dir.is_dir() {
+        Some(dir)
+    } else {
+        eprintln!("skipping: {} is absent (see shared/data/MANIFEST.md)", dir.display());
+        None
+    }
+}
