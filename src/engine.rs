@@ -73,7 +73,9 @@ impl Default for EngineConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
-    #[error("cannot load ONNX Runtime from {path}: {detail} (run `make setup` or set ORT_DYLIB_PATH)")]
+    #[error(
+        "cannot load ONNX Runtime from {path}: {detail} (run `make setup` or set ORT_DYLIB_PATH)"
+    )]
     Runtime { path: PathBuf, detail: String },
     #[error("CUDA execution provider is required but unavailable: {0}")]
     CudaUnavailable(String),
@@ -193,7 +195,10 @@ impl OrtEngine {
             let attempt = builder()?
                 .with_execution_providers([cuda])
                 .map_err(|e| e.to_string())
-                .and_then(|mut b| b.commit_from_file(&model.onnx_path).map_err(|e| e.to_string()));
+                .and_then(|mut b| {
+                    b.commit_from_file(&model.onnx_path)
+                        .map_err(|e| e.to_string())
+                });
             match attempt {
                 Ok(s) => {
                     provider = Provider::Cuda;

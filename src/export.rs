@@ -91,7 +91,12 @@ pub fn export(net: &Network, info: &ExportInfo, dir: &Path) -> Result<VerifiedMo
         path: dir.display().to_string(),
         source,
     })?;
-    let bytes = onnx_writer::write(net, &GraphNames::default(), &info.name, &dir.join(model::ONNX_FILE))?;
+    let bytes = onnx_writer::write(
+        net,
+        &GraphNames::default(),
+        &info.name,
+        &dir.join(model::ONNX_FILE),
+    )?;
     let manifest = manifest_for(net, info, model::sha256_hex(&bytes));
     model::write_manifest(dir, &manifest).map_err(|source| ExportError::Io {
         path: dir.display().to_string(),

@@ -9,9 +9,15 @@
 //! Model building: [`network`] (a CNN's weights and an independent forward pass) and
 //! [`onnx_writer`] (that network as an ONNX graph with `logits` and Grad-CAM `cam`).
 
-pub mod wsi;
+pub mod api_error;
 pub mod engine;
 pub mod export;
+pub mod grading;
 pub mod model;
 pub mod network;
 pub mod onnx_writer;
+pub mod server;
+pub mod stitch;
+pub mod tiling;
+pub mod tissue;
+pub mod wsi;

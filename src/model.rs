@@ -183,7 +183,8 @@ pub fn load(dir: &Path) -> Result<VerifiedModel, ModelError> {
             actual,
         });
     }
-    let graph = ModelProto::parse_from_bytes(&bytes).map_err(|e| ModelError::InvalidOnnx(e.to_string()))?;
+    let graph =
+        ModelProto::parse_from_bytes(&bytes).map_err(|e| ModelError::InvalidOnnx(e.to_string()))?;
     check_graph(&graph, &manifest).map_err(ModelError::GraphMismatch)?;
     Ok(VerifiedModel {
         dir: dir.to_path_buf(),
@@ -272,20 +273,24 @@ fn check_graph(model: &ModelProto, manifest: &Manifest) -> Result<(), String> {
         .filter(|i| !initializers.contains(i.name.as_str()))
         .collect();
     let [input] = inputs.as_slice() else {
-        return Err(format!("expected exactly one input, found {}", inputs.len()));
+        return Err(format!(
+            "expected exactly one input, found {}",
+            inputs.len()
+        ));
     };
     let size = i64::from(manifest.input.size_px);
-    expect_shape(input, &manifest.input.name, &[None, Some(3), Some(size), Some(size)], "input")?;
+    expect_shape(
+        input,
+        &manifest.input.name,
+        &[None, Some(3), Some(size), Some(size)],
+        "input",
+    )?;
 
     let find_output = |name: &str| {
-        graph
-            .output
-            .iter()
-            .find(|o| o.name == name)
-            .ok_or_else(|| {
-                let found: Vec<&str> = graph.output.iter().map(|o| o.name.as_str()).collect();
-                format!("no output named `{name}` (outputs: {found:?})")
-            })
+        graph.output.iter().find(|o| o.name == name).ok_or_else(|| {
+            let found: Vec<&str> = graph.output.iter().map(|o| o.name.as_str()).collect();
+            format!("no output named `{name}` (outputs: {found:?})")
+        })
     };
     let classes = manifest.classes.len() as i64;
     let [h, w] = manifest.outputs.cam_grid.map(i64::from);
@@ -306,9 +311,17 @@ fn check_graph(model: &ModelProto, manifest: &Manifest) -> Result<(), String> {
 
 /// Compares a graph value's shape with the expected one; `None` in `expected` means the
 /// dimension may be anything (the dynamic batch).
-fn expect_shape(info: &ValueInfoProto, name: &str, expected: &[Option<i64>], what: &str) -> Result<(), String> {
+fn expect_shape(
+    info: &ValueInfoProto,
+    name: &str,
+    expected: &[Option<i64>],
+    what: &str,
+) -> Result<(), String> {
     if info.name != name {
-        return Err(format!("{what} is named `{}`, manifest says `{name}`", info.name));
+        return Err(format!(
+            "{what} is named `{}`, manifest says `{name}`",
+            info.name
+        ));
     }
     let found = dims(info).ok_or_else(|| format!("{what} `{name}` has no tensor shape"))?;
     if found.len() != expected.len() {

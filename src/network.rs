@@ -260,7 +260,10 @@ fn block_forward(block: &ConvBlock, x: &[f32], side: usize) -> (Vec<f32>, usize)
                 for c in 0..cin {
                     for di in 0..k {
                         for dj in 0..k {
-                            let (si, sj) = (i as isize + di as isize - pad, j as isize + dj as isize - pad);
+                            let (si, sj) = (
+                                i as isize + di as isize - pad,
+                                j as isize + dj as isize - pad,
+                            );
                             if si < 0 || sj < 0 || si >= side as isize || sj >= side as isize {
                                 continue;
                             }
@@ -324,16 +327,26 @@ mod tests {
         net.validate().unwrap();
         assert_eq!(net.cam_grid(), 4);
         assert_eq!(net.feature_channels(), 6);
-        assert!(!net.blocks.last().unwrap().relu, "features are taken before ReLU");
+        assert!(
+            !net.blocks.last().unwrap().relu,
+            "features are taken before ReLU"
+        );
     }
 
     #[test]
     fn folding_batch_norm_keeps_the_output() {
         let net = tiny();
-        let input: Vec<f32> = (0..2 * 3 * 64).map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0).collect();
+        let input: Vec<f32> = (0..2 * 3 * 64)
+            .map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0)
+            .collect();
         let a = net.forward(&input, 2);
         let b = net.folded().forward(&input, 2);
-        for (x, y) in a.logits.iter().zip(&b.logits).chain(a.cam.iter().zip(&b.cam)) {
+        for (x, y) in a
+            .logits
+            .iter()
+            .zip(&b.logits)
+            .chain(a.cam.iter().zip(&b.cam))
+        {
             assert!((x - y).abs() < 1e-4, "{x} vs {y}");
         }
         assert!(net.folded().blocks.iter().all(|b| b.batch_norm.is_none()));
@@ -365,6 +378,10 @@ mod tests {
         let out = net.forward(&input, 1);
         assert_eq!(out.logits, vec![2.0 * 2.5 + 0.5, -2.5]);
         assert_eq!(out.cam[..4], [0.5, 1.0, 1.5, 2.0]);
-        assert_eq!(out.cam[4..], [0.0; 4], "negative evidence is clipped by ReLU");
+        assert_eq!(
+            out.cam[4..],
+            [0.0; 4],
+            "negative evidence is clipped by ReLU"
+        );
     }
 }

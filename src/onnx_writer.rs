@@ -14,8 +14,8 @@
 use std::path::Path;
 
 use onnx_ir::{
-    AttributeProto, GraphProto, Message, ModelProto, NodeProto, TensorProto, TypeProto,
-    ValueInfoProto, AttributeType,
+    AttributeProto, AttributeType, GraphProto, Message, ModelProto, NodeProto, TensorProto,
+    TypeProto, ValueInfoProto,
 };
 
 use crate::network::Network;
@@ -59,7 +59,11 @@ pub enum WriteError {
 }
 
 /// Builds the ONNX model for `net` (BatchNorm folded).
-pub fn to_model(net: &Network, names: &GraphNames, model_name: &str) -> Result<ModelProto, WriteError> {
+pub fn to_model(
+    net: &Network,
+    names: &GraphNames,
+    model_name: &str,
+) -> Result<ModelProto, WriteError> {
     net.validate().map_err(WriteError::InvalidNetwork)?;
     let net = net.folded();
     let s = net.input_size as i64;
@@ -69,9 +73,16 @@ pub fn to_model(net: &Network, names: &GraphNames, model_name: &str) -> Result<M
 
     let mut graph = GraphProto::new();
     graph.name = model_name.to_string();
-    graph.input.push(value_info(&names.input, &[None, Some(3), Some(s), Some(s)]));
-    graph.output.push(value_info(&names.logits, &[None, Some(classes)]));
-    graph.output.push(value_info(&names.cam, &[None, Some(classes), Some(grid), Some(grid)]));
+    graph
+        .input
+        .push(value_info(&names.input, &[None, Some(3), Some(s), Some(s)]));
+    graph
+        .output
+        .push(value_info(&names.logits, &[None, Some(classes)]));
+    graph.output.push(value_info(
+        &names.cam,
+        &[None, Some(classes), Some(grid), Some(grid)],
+    ));
 
     let mut x = names.input.clone();
     for (i, block) in net.blocks.iter().enumerate() {
@@ -82,7 +93,9 @@ pub fn to_model(net: &Network, names: &GraphNames, model_name: &str) -> Result<M
             &[block.out_channels as i64, block.in_channels as i64, kk, kk],
             &block.weight,
         ));
-        graph.initializer.push(tensor(&b, &[block.out_channels as i64], &block.bias));
+        graph
+            .initializer
+            .push(tensor(&b, &[block.out_channels as i64], &block.bias));
         let pad = kk / 2;
         let conv_out = format!("conv{i}");
         graph.node.push(node(
@@ -115,10 +128,18 @@ pub fn to_model(net: &Network, names: &GraphNames, model_name: &str) -> Result<M
     let features = x;
 
     // Classification head: GAP + Flatten + Gemm.
-    graph.initializer.push(tensor("fc.weight", &[classes, k], &net.classifier.weight));
-    graph.initializer.push(tensor("fc.bias", &[classes], &net.classifier.bias));
-    graph.node.push(node("GlobalAveragePool", &[&features], "gap", vec![]));
-    graph.node.push(node("Flatten", &["gap"], "flat", vec![int("axis", 1)]));
+    graph
+        .initializer
+        .push(tensor("fc.weight", &[classes, k], &net.classifier.weight));
+    graph
+        .initializer
+        .push(tensor("fc.bias", &[classes], &net.classifier.bias));
+    graph
+        .node
+        .push(node("GlobalAveragePool", &[&features], "gap", vec![]));
+    graph
+        .node
+        .push(node("Flatten", &["gap"], "flat", vec![int("axis", 1)]));
     graph.node.push(node(
         "Gemm",
         &["flat", "fc.weight", "fc.bias"],
@@ -129,14 +150,18 @@ pub fn to_model(net: &Network, names: &GraphNames, model_name: &str) -> Result<M
     // Grad-CAM head: α_ck = W_ck/(h·w) as a bias-free 1×1 convolution, then ReLU.
     let area = (grid * grid) as f32;
     let alpha: Vec<f32> = net.classifier.weight.iter().map(|w| w / area).collect();
-    graph.initializer.push(tensor("cam.alpha", &[classes, k, 1, 1], &alpha));
+    graph
+        .initializer
+        .push(tensor("cam.alpha", &[classes, k, 1, 1], &alpha));
     graph.node.push(node(
         "Conv",
         &[&features, "cam.alpha"],
         "cam_linear",
         vec![ints("kernel_shape", &[1, 1])],
     ));
-    graph.node.push(node("Relu", &["cam_linear"], &names.cam, vec![]));
+    graph
+        .node
+        .push(node("Relu", &["cam_linear"], &names.cam, vec![]));
 
     let mut model = ModelProto::new();
     model.ir_version = IR_VERSION;
@@ -152,7 +177,11 @@ pub fn to_model(net: &Network, names: &GraphNames, model_name: &str) -> Result<M
 }
 
 /// Serialises the model for `net` to bytes.
-pub fn to_bytes(net: &Network, names: &GraphNames, model_name: &str) -> Result<Vec<u8>, WriteError> {
+pub fn to_bytes(
+    net: &Network,
+    names: &GraphNames,
+    model_name: &str,
+) -> Result<Vec<u8>, WriteError> {
     to_model(net, names, model_name)?
         .write_to_bytes()
         .map_err(|e| WriteError::Encode(e.to_string()))
@@ -160,7 +189,12 @@ pub fn to_bytes(net: &Network, names: &GraphNames, model_name: &str) -> Result<V
 
 /// Writes the model for `net` to `path` atomically (temp file, then rename), so a reader
 /// never sees half a model.
-pub fn write(net: &Network, names: &GraphNames, model_name: &str, path: &Path) -> Result<Vec<u8>, WriteError> {
+pub fn write(
+    net: &Network,
+    names: &GraphNames,
+    model_name: &str,
+    path: &Path,
+) -> Result<Vec<u8>, WriteError> {
     let bytes = to_bytes(net, names, model_name)?;
     let io = |source| WriteError::Io {
         path: path.display().to_string(),

@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use image::RgbImage;
 use rand::{Rng, SeedableRng, rngs::StdRng};
-use slidegrade::engine::{Device, Engine, EngineConfig, EngineError, EnginePool, OrtEngine, Provider};
+use slidegrade::engine::{
+    Device, Engine, EngineConfig, EngineError, EnginePool, OrtEngine, Provider,
+};
 use slidegrade::model::{self, ModelError};
 
 fn random_tiles(n: usize, side: u32, seed: u64) -> Vec<RgbImage> {
@@ -34,7 +36,10 @@ fn reference_input(tiles: &[RgbImage], mean: [f32; 3], std: [f32; 3]) -> Vec<f32
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 #[test]
@@ -53,10 +58,16 @@ fn exported_graph_matches_reference_forward_pass() {
         let reference = net.forward(&reference_input(&tiles, m.input.mean, m.input.std), n);
         let logits: Vec<f32> = out.iter().flat_map(|o| o.logits.clone()).collect();
         let cam: Vec<f32> = out.iter().flat_map(|o| o.cam.clone()).collect();
-        let (dl, dc) = (max_abs_diff(&logits, &reference.logits), max_abs_diff(&cam, &reference.cam));
+        let (dl, dc) = (
+            max_abs_diff(&logits, &reference.logits),
+            max_abs_diff(&cam, &reference.cam),
+        );
         assert!(dl < 1e-4, "logits differ by {dl}");
         assert!(dc < 1e-4, "cam differs by {dc}");
-        assert!(cam.iter().any(|v| *v > 0.0), "a CAM of all zeros would prove nothing");
+        assert!(
+            cam.iter().any(|v| *v > 0.0),
+            "a CAM of all zeros would prove nothing"
+        );
         for o in &out {
             let sum: f32 = o.probabilities.iter().sum();
             assert!((sum - 1.0).abs() < 1e-5);
@@ -92,7 +103,9 @@ fn cuda_request_falls_back_to_cpu_or_fails_when_required() {
         require_cuda: true,
         ..want_cuda
     };
-    let err = OrtEngine::new(&model, &required).err().expect("CUDA must be refused");
+    let err = OrtEngine::new(&model, &required)
+        .err()
+        .expect("CUDA must be refused");
     assert!(matches!(err, EngineError::CudaUnavailable(_)), "{err}");
 }
 
@@ -142,20 +155,34 @@ fn load_error_after(edit: impl FnOnce(&mut model::Manifest)) -> ModelError {
     model::load(&m.dir).unwrap_err()
 }
 
+type ManifestEdit = Box<dyn FnOnce(&mut model::Manifest)>;
+
 #[test]
 fn graph_mismatches_are_named() {
-    let cases: Vec<(Box<dyn FnOnce(&mut model::Manifest)>, &str)> = vec![
+    let cases: Vec<(ManifestEdit, &str)> = vec![
         (Box::new(|m| m.classes.push("G6".into())), "class count"),
         (Box::new(|m| m.outputs.cam_grid = [8, 8]), "CAM grid"),
-        (Box::new(|m| m.outputs.cam = "gradcam".into()), "no output named `gradcam`"),
-        (Box::new(|m| m.outputs.logits = "scores".into()), "no output named `scores`"),
+        (
+            Box::new(|m| m.outputs.cam = "gradcam".into()),
+            "no output named `gradcam`",
+        ),
+        (
+            Box::new(|m| m.outputs.logits = "scores".into()),
+            "no output named `scores`",
+        ),
         (Box::new(|m| m.input.size_px = 32), "tile size"),
-        (Box::new(|m| m.input.name = "pixels".into()), "manifest says `pixels`"),
+        (
+            Box::new(|m| m.input.name = "pixels".into()),
+            "manifest says `pixels`",
+        ),
     ];
     for (edit, expected) in cases {
         let err = load_error_after(edit);
         assert!(matches!(err, ModelError::GraphMismatch(_)), "{err}");
-        assert!(err.to_string().contains(expected), "`{err}` should name {expected}");
+        assert!(
+            err.to_string().contains(expected),
+            "`{err}` should name {expected}"
+        );
     }
 }
 
@@ -166,18 +193,38 @@ fn bad_manifests_are_refused() {
     let path = m.dir.join(model::MANIFEST_FILE);
     let text = std::fs::read_to_string(&path).unwrap();
 
-    std::fs::write(&path, text.replace("\"format_version\": 1", "\"format_version\": 99")).unwrap();
+    std::fs::write(
+        &path,
+        text.replace("\"format_version\": 1", "\"format_version\": 99"),
+    )
+    .unwrap();
     let err = model::load(&m.dir).unwrap_err();
-    assert!(matches!(err, ModelError::UnsupportedFormat { found: 99, .. }), "{err}");
+    assert!(
+        matches!(err, ModelError::UnsupportedFormat { found: 99, .. }),
+        "{err}"
+    );
 
     std::fs::write(&path, &text[..text.len() / 2]).unwrap();
-    assert!(matches!(model::load(&m.dir).unwrap_err(), ModelError::InvalidManifest { .. }));
+    assert!(matches!(
+        model::load(&m.dir).unwrap_err(),
+        ModelError::InvalidManifest { .. }
+    ));
 
-    std::fs::write(&path, text.replace("\"role\": \"student\"", "\"role\": \"oracle\"")).unwrap();
-    assert!(matches!(model::load(&m.dir).unwrap_err(), ModelError::InvalidManifest { .. }));
+    std::fs::write(
+        &path,
+        text.replace("\"role\": \"student\"", "\"role\": \"oracle\""),
+    )
+    .unwrap();
+    assert!(matches!(
+        model::load(&m.dir).unwrap_err(),
+        ModelError::InvalidManifest { .. }
+    ));
 
     std::fs::remove_file(&path).unwrap();
-    assert!(matches!(model::load(&m.dir).unwrap_err(), ModelError::MissingManifest(_)));
+    assert!(matches!(
+        model::load(&m.dir).unwrap_err(),
+        ModelError::MissingManifest(_)
+    ));
 }
 
 #[test]
