@@ -13,6 +13,7 @@ use slidegrade::model::{self, Role, Training};
 use slidegrade::network::{Architecture, Network};
 use slidegrade::server::{self, AppState};
 use slidegrade::wsi::Slide;
+use slidegrade::{pipeline, report};
 
 #[derive(Parser)]
 #[command(
@@ -48,6 +49,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Grade a slide: tissue, tiles, inference, Grad-CAM heatmaps, Gleason and ISUP.
+    /// Writes result.json, heatmap_<class>.png, overlay.png, tiles.csv and tiles.geojson.
+    Grade(GradeArgs),
     /// Check a model folder against the contract (sha256, graph vs model.json).
     CheckModel {
         dir: PathBuf,
@@ -116,6 +120,37 @@ impl EngineArgs {
 }
 
 #[derive(Args)]
+struct GradeArgs {
+    slide: PathBuf,
+    /// Model name (a folder under --models-dir). Default: the student with the coarsest
+    /// resolution, the fastest.
+    #[arg(long, env = "SLIDEGRADE_MODEL")]
+    model: Option<String>,
+    #[arg(long, env = "SLIDEGRADE_MODELS_DIR", default_value = "models")]
+    models_dir: PathBuf,
+    /// µm per pixel of level 0, for slides that do not record it (overrides metadata).
+    #[arg(long)]
+    mpp: Option<f64>,
+    /// Output folder. Default: `<slide name>.slidegrade` beside the current directory.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Tiles per inference batch.
+    #[arg(long, env = "SLIDEGRADE_BATCH_SIZE", default_value_t = 16)]
+    batch_size: usize,
+    /// Minimum share of tissue (0–1) for a tile to be graded.
+    #[arg(long, env = "SLIDEGRADE_MIN_TISSUE", default_value_t = 0.25)]
+    min_tissue: f64,
+    /// Batches the slide reader may prepare ahead of inference.
+    #[arg(long, default_value_t = 4)]
+    read_ahead: usize,
+    /// Hide the progress bar.
+    #[arg(long)]
+    quiet: bool,
+    #[command(flatten)]
+    engine: EngineArgs,
+}
+
+#[derive(Args)]
 struct ServeArgs {
     /// Address to listen on.
     #[arg(long, env = "SLIDEGRADE_BIND", default_value = "127.0.0.1:8080")]
@@ -166,6 +201,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Grade(args) => grade(args),
         Command::CheckModel { dir, engine } => {
             let model = model::load(&dir)?;
             let config = engine.init()?;
@@ -228,6 +264,102 @@ fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Picks the named model, or the coarsest-resolution student (fastest) when unnamed.
+fn choose_model(dir: &std::path::Path, name: Option<&str>) -> anyhow::Result<model::VerifiedModel> {
+    if let Some(name) = name {
+        if name.is_empty() || name.contains(['/', '\\']) || name.starts_with('.') {
+            anyhow::bail!("invalid model name `{name}`");
+        }
+        return Ok(model::load(&dir.join(name))?);
+    }
+    let mut candidates: Vec<model::VerifiedModel> = std::fs::read_dir(dir)
+        .map_err(|e| anyhow::anyhow!("cannot read models folder {}: {e}", dir.display()))?
+        .filter_map(Result::ok)
+        .filter_map(|e| model::load(&e.path()).ok())
+        .collect();
+    candidates.sort_by(|a, b| {
+        let key =
+            |m: &model::VerifiedModel| (m.manifest.role == Role::Student, m.manifest.input.mpp);
+        key(a)
+            .partial_cmp(&key(b))
+            .unwrap_or(std::cmp::Ordering::Equal)
+    });
+    candidates.pop().ok_or_else(|| {
+        anyhow::anyhow!(
+            "no valid model in {}; pass --models-dir or --model",
+            dir.display()
+        )
+    })
+}
+
+fn grade(args: GradeArgs) -> anyhow::Result<()> {
+    if !(0.0..=1.0).contains(&args.min_tissue) {
+        anyhow::bail!(
+            "--min-tissue must be between 0 and 1, got {}",
+            args.min_tissue
+        );
+    }
+    let config = args.engine.init()?;
+    let model = choose_model(&args.models_dir, args.model.as_deref())?;
+    let pool = engine::EnginePool::new(&model, &config)?;
+    let options = pipeline::GradeOptions {
+        batch_size: args.batch_size.max(1),
+        read_ahead: args.read_ahead.max(1),
+        min_tissue: args.min_tissue,
+        mpp_override: args.mpp,
+        ..pipeline::GradeOptions::default()
+    };
+    let bar = if args.quiet {
+        indicatif::ProgressBar::hidden()
+    } else {
+        indicatif::ProgressBar::new(0)
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg} [{bar:40}] {pos}/{len} tiles ({per_sec}, eta {eta})",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.set_message(format!("grading with {}", pool.manifest().name));
+    let graded = pipeline::grade_slide(&args.slide, &pool, &options, &mut |done, total| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    })?;
+    bar.finish_and_clear();
+    let out = args.out.unwrap_or_else(|| {
+        let name = args
+            .slide
+            .file_name()
+            .map_or("slide".into(), |n| n.to_string_lossy().into_owned());
+        PathBuf::from(format!("{name}.slidegrade"))
+    });
+    let mut report = report::build_report(
+        &graded,
+        pool.manifest(),
+        pool.provider().as_str(),
+        options.min_tissue,
+    );
+    report::write_outputs(&out, &graded, &mut report)?;
+    match &report.grade {
+        Some(g) => println!(
+            "{}: Gleason {} (ISUP grade group {}), tumour {:.1}%, {} tiles, {:.0} ms -> {}",
+            graded.slide.file_name,
+            g.gleason,
+            g.isup_grade_group,
+            g.tumour_percent,
+            report.tiles.inferred,
+            report.timings_ms.total_ms,
+            out.display()
+        ),
+        None => println!(
+            "{}: no tissue found -> {}",
+            graded.slide.file_name,
+            out.display()
+        ),
+    }
+    Ok(())
 }
 
 fn print_properties(p: &slidegrade::wsi::SlideProperties) {
