@@ -24,6 +24,7 @@ endif
 
 setup:
 	scripts/setup-native.sh $(SETUP_FLAGS)
+	scripts/setup-python.sh
 
 build: setup
 	$(CARGO) build --release --locked

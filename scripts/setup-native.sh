@@ -83,7 +83,7 @@ PY
 }
 
 # --- build tools: bindgen needs libclang and clang's builtin headers; pkg-config finds .pc
-apt_install libclang-dev pkg-config
+apt_install libclang-dev pkg-config libssl-dev
 
 # --- ONNX Runtime (CPU)
 ort_dir="$deps/onnxruntime"

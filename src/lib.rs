@@ -10,9 +10,14 @@
 //! [`onnx_writer`] (that network as an ONNX graph with `logits` and Grad-CAM `cam`).
 
 pub mod api_error;
+pub mod auth;
+pub mod dataset;
 pub mod engine;
 pub mod export;
 pub mod grading;
+pub mod jobs;
+pub mod lims;
+pub mod metrics;
 pub mod model;
 pub mod network;
 pub mod onnx_writer;
@@ -20,7 +25,11 @@ pub mod pipeline;
 pub mod render;
 pub mod report;
 pub mod server;
+pub mod service;
 pub mod stitch;
+pub mod synth;
 pub mod tiling;
 pub mod tissue;
+#[cfg(feature = "train")]
+pub mod train;
 pub mod wsi;

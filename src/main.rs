@@ -4,16 +4,15 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use slidegrade::engine::{self, Device, EngineConfig};
 use slidegrade::export::{ExportInfo, export};
 use slidegrade::model::{self, Role, Training};
 use slidegrade::network::{Architecture, Network};
-use slidegrade::server::{self, AppState};
+use slidegrade::server;
 use slidegrade::wsi::Slide;
-use slidegrade::{pipeline, report};
+use slidegrade::{pipeline, report, service};
 
 #[derive(Parser)]
 #[command(
@@ -37,6 +36,11 @@ enum LogFormat {
 
 #[derive(Subcommand)]
 enum Command {
+    #[command(flatten)]
+    Data(slidegrade::dataset::cli::DataCommand),
+    #[cfg(feature = "train")]
+    #[command(flatten)]
+    Train(slidegrade::train::cli::TrainCommand),
     /// Serve the HTTP API with every valid model in the models folder.
     Serve(ServeArgs),
     /// Print a slide's vendor, levels, µm/px and objective power.
@@ -48,6 +52,13 @@ enum Command {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+    },
+    /// Manage API keys for the server.
+    Keys {
+        #[command(flatten)]
+        data: DataArgs,
+        #[command(subcommand)]
+        command: KeysCommand,
     },
     /// Grade a slide: tissue, tiles, inference, Grad-CAM heatmaps, Gleason and ISUP.
     /// Writes result.json, heatmap_<class>.png, overlay.png, tiles.csv and tiles.geojson.
@@ -159,7 +170,98 @@ struct ServeArgs {
     #[arg(long, env = "SLIDEGRADE_MODELS_DIR", default_value = "models")]
     models_dir: PathBuf,
     #[command(flatten)]
+    data: DataArgs,
+    /// Serve without API keys. Refused unless --bind is a loopback address.
+    #[arg(long, env = "SLIDEGRADE_NO_AUTH")]
+    no_auth: bool,
+    /// Folder that `{"path": ...}` submissions may name (repeatable). None: path
+    /// submissions are refused with 403.
+    #[arg(
+        long = "shared-root",
+        env = "SLIDEGRADE_SHARED_ROOTS",
+        value_delimiter = ','
+    )]
+    shared_roots: Vec<PathBuf>,
+    /// Largest upload in MiB (413 above).
+    #[arg(long, env = "SLIDEGRADE_MAX_UPLOAD_MB", default_value_t = 4096)]
+    max_upload_mb: u64,
+    /// Largest JSON body in KiB (413 above).
+    #[arg(long, env = "SLIDEGRADE_MAX_JSON_KB", default_value_t = 64)]
+    max_json_kb: usize,
+    /// Time limit for ordinary requests, seconds (408 after).
+    #[arg(long, env = "SLIDEGRADE_REQUEST_TIMEOUT_SECS", default_value_t = 60)]
+    request_timeout_secs: u64,
+    /// Time limit for uploads, seconds.
+    #[arg(long, env = "SLIDEGRADE_UPLOAD_TIMEOUT_SECS", default_value_t = 3600)]
+    upload_timeout_secs: u64,
+    /// Grading workers (jobs graded at once).
+    #[arg(long, env = "SLIDEGRADE_WORKERS", default_value_t = 1)]
+    workers: usize,
+    /// Queued jobs before the API answers 503 with Retry-After.
+    #[arg(long, env = "SLIDEGRADE_QUEUE_CAPACITY", default_value_t = 64)]
+    queue_capacity: u64,
+    /// Retry-After seconds when the queue is full.
+    #[arg(long, env = "SLIDEGRADE_RETRY_AFTER_SECS", default_value_t = 30)]
+    retry_after_secs: u64,
+    /// POST /v1/grade takes slides up to this many level-0 megapixels...
+    #[arg(long, env = "SLIDEGRADE_SYNC_MAX_MEGAPIXELS", default_value_t = 100)]
+    sync_max_megapixels: u64,
+    /// ...and answers within this many seconds (413 otherwise: submit a job instead).
+    #[arg(long, env = "SLIDEGRADE_SYNC_TIMEOUT_SECS", default_value_t = 30)]
+    sync_timeout_secs: u64,
+    /// Delete finished jobs' files after this many hours.
+    #[arg(long, env = "SLIDEGRADE_RETENTION_HOURS", default_value_t = 168)]
+    retention_hours: u64,
+    /// Seconds running jobs get to finish on SIGTERM before they are requeued.
+    #[arg(long, env = "SLIDEGRADE_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
+    shutdown_grace_secs: u64,
+    /// Secret for the webhooks' HMAC-SHA256 signature. Without it, callbacks are refused.
+    #[arg(long, env = "SLIDEGRADE_WEBHOOK_SECRET", hide_env_values = true)]
+    webhook_secret: Option<String>,
+    /// First webhook retry delay, seconds; doubles per attempt up to an hour.
+    #[arg(long, env = "SLIDEGRADE_WEBHOOK_RETRY_SECS", default_value_t = 5)]
+    webhook_retry_secs: u64,
+    /// Webhook attempts before giving up.
+    #[arg(long, env = "SLIDEGRADE_WEBHOOK_MAX_ATTEMPTS", default_value_t = 8)]
+    webhook_max_attempts: u32,
+    /// Allowed CORS origins (comma-separated). Empty: CORS is off.
+    #[arg(long, env = "SLIDEGRADE_CORS_ORIGINS", value_delimiter = ',')]
+    cors_origins: Vec<String>,
+    /// Tiles per inference batch.
+    #[arg(long, env = "SLIDEGRADE_BATCH_SIZE", default_value_t = 16)]
+    batch_size: usize,
+    /// Minimum share of tissue (0–1) for a tile to be graded.
+    #[arg(long, env = "SLIDEGRADE_MIN_TISSUE", default_value_t = 0.25)]
+    min_tissue: f64,
+    #[command(flatten)]
     engine: EngineArgs,
+}
+
+#[derive(Args)]
+struct DataArgs {
+    /// Folder for the job store (SQLite), uploads and results.
+    #[arg(long, env = "SLIDEGRADE_DATA_DIR", default_value = "var")]
+    data_dir: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Create an API key and print it (shown once; only its hash is stored).
+    Create {
+        /// Who or what uses the key, e.g. `lis`.
+        #[arg(long)]
+        name: String,
+        /// read, submit or admin.
+        #[arg(long)]
+        role: String,
+    },
+    /// List keys (names and roles, never the keys).
+    List,
+    /// Revoke every key with this name.
+    Revoke {
+        #[arg(long)]
+        name: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -201,7 +303,11 @@ fn run(command: Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Data(cmd) => slidegrade::dataset::cli::run(cmd),
+        #[cfg(feature = "train")]
+        Command::Train(cmd) => slidegrade::train::cli::run(cmd),
         Command::Grade(args) => grade(args),
+        Command::Keys { data, command } => keys(&data, command),
         Command::CheckModel { dir, engine } => {
             let model = model::load(&dir)?;
             let config = engine.init()?;
@@ -379,17 +485,87 @@ fn print_properties(p: &slidegrade::wsi::SlideProperties) {
     }
 }
 
+fn keys(data: &DataArgs, command: KeysCommand) -> anyhow::Result<()> {
+    let store = slidegrade::jobs::store::Store::open(&service::store_path(&data.data_dir))?;
+    match command {
+        KeysCommand::Create { name, role } => {
+            let role = slidegrade::jobs::store::Role::parse(&role).ok_or_else(|| {
+                anyhow::anyhow!("--role must be read, submit or admin, not `{role}`")
+            })?;
+            println!("{}", slidegrade::auth::create_key(&store, &name, role)?);
+        }
+        KeysCommand::List => {
+            for (name, role, created) in store.list_keys()? {
+                println!("{name}\t{}\tcreated {created}", role.as_str());
+            }
+        }
+        KeysCommand::Revoke { name } => {
+            let n = store.revoke_key(&name)?;
+            println!("revoked {n} key(s) named {name}");
+        }
+    }
+    Ok(())
+}
+
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let config = args.engine.init()?;
+    if args.no_auth && !args.bind.ip().is_loopback() {
+        anyhow::bail!(
+            "--no-auth is only allowed on a loopback address, not {}",
+            args.bind
+        );
+    }
+    if !(0.0..=1.0).contains(&args.min_tissue) {
+        anyhow::bail!(
+            "--min-tissue must be between 0 and 1, got {}",
+            args.min_tissue
+        );
+    }
+    let engine = args.engine.init()?;
+    let secs = std::time::Duration::from_secs;
+    let config = service::ServiceConfig {
+        models_dir: args.models_dir,
+        engine,
+        data_dir: args.data.data_dir.clone(),
+        api: server::ApiSettings {
+            require_auth: !args.no_auth,
+            shared_roots: args.shared_roots,
+            max_upload_bytes: args.max_upload_mb.saturating_mul(1 << 20),
+            max_json_bytes: args.max_json_kb.saturating_mul(1 << 10),
+            request_timeout: secs(args.request_timeout_secs),
+            upload_timeout: secs(args.upload_timeout_secs),
+            sync_max_pixels: args.sync_max_megapixels.saturating_mul(1_000_000),
+            sync_timeout: secs(args.sync_timeout_secs),
+            retry_after_secs: args.retry_after_secs,
+            cors_origins: args.cors_origins,
+        },
+        jobs: slidegrade::jobs::JobSettings {
+            workers: args.workers,
+            queue_capacity: args.queue_capacity,
+            data_dir: args.data.data_dir,
+            grade: pipeline::GradeOptions {
+                batch_size: args.batch_size.max(1),
+                min_tissue: args.min_tissue,
+                ..pipeline::GradeOptions::default()
+            },
+            webhook: slidegrade::jobs::webhook::WebhookSettings {
+                secret: args.webhook_secret,
+                retry_base: secs(args.webhook_retry_secs),
+                max_attempts: args.webhook_max_attempts.max(1),
+                ..Default::default()
+            },
+        },
+        retention: secs(args.retention_hours.saturating_mul(3600)),
+        shutdown_grace: secs(args.shutdown_grace_secs),
+    };
+    if args.no_auth {
+        tracing::warn!("authentication is off (--no-auth); loopback only");
+    }
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
-        let dir = args.models_dir.clone();
-        let state =
-            tokio::task::spawn_blocking(move || AppState::load_models(&dir, &config)).await?;
+        let state = service::build(&config).await?;
         let listener = tokio::net::TcpListener::bind(args.bind).await?;
-        tracing::info!(addr = %listener.local_addr()?, models = state.models.len(), "listening");
-        server::run(listener, Arc::new(state), shutdown_signal()).await?;
-        tracing::info!("shut down");
+        tracing::info!(addr = %listener.local_addr()?, models = state.models.pools.len(), "listening");
+        service::run(state, listener, config.retention, config.shutdown_grace, shutdown_signal()).await?;
         Ok(())
     })
 }

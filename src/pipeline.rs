@@ -7,6 +7,8 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, sync_channel};
 use std::time::{Duration, Instant};
 
@@ -34,6 +36,8 @@ pub struct GradeOptions {
     pub tissue: TissueParams,
     /// Longest side of the thumbnail used for tissue detection and the overlay.
     pub max_thumbnail_side: u32,
+    /// Set from another thread to stop grading at the next batch (cancel, shutdown).
+    pub stop: Option<Arc<AtomicBool>>,
 }
 
 impl Default for GradeOptions {
@@ -45,6 +49,7 @@ impl Default for GradeOptions {
             mpp_override: None,
             tissue: TissueParams::default(),
             max_thumbnail_side: 2048,
+            stop: None,
         }
     }
 }
@@ -65,6 +70,8 @@ pub enum GradeError {
     UnknownClass(String),
     #[error("the tile reader stopped unexpectedly")]
     ReaderStopped,
+    #[error("grading was stopped before it finished")]
+    Stopped,
 }
 
 impl GradeError {
@@ -75,6 +82,7 @@ impl GradeError {
             GradeError::NotBrightfield { .. } => "not_brightfield",
             GradeError::UnknownClass(_) => "unsupported_model_classes",
             GradeError::ReaderStopped => "internal",
+            GradeError::Stopped => "stopped",
         }
     }
 }
@@ -93,7 +101,7 @@ pub struct StageTimes {
     pub total_ms: f64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
     Graded,
@@ -262,6 +270,7 @@ pub fn grade_slide(
             &receiver,
             pool,
             total,
+            options.stop.as_deref(),
             |specs, outputs, read_time, infer_time| {
                 read += read_time;
                 infer += infer_time;
@@ -336,14 +345,22 @@ fn consume(
     receiver: &Receiver<Batch>,
     pool: &EnginePool,
     total: usize,
+    stop: Option<&AtomicBool>,
     mut on_batch: impl FnMut(Vec<TileSpec>, Vec<TileOutput>, Duration, Duration),
 ) -> Result<(), GradeError> {
     let mut done = 0;
     while done < total {
+        if stop.is_some_and(|s| s.load(Ordering::Relaxed)) {
+            return Err(GradeError::Stopped);
+        }
         let (specs, images, read_time) =
             receiver.recv().map_err(|_| GradeError::ReaderStopped)??;
         let t = Instant::now();
         let outputs = pool.infer(&images)?;
+        let metrics = crate::metrics::global();
+        metrics.batch_size.observe(images.len() as f64);
+        metrics.ort_batch_seconds.observe(t.elapsed().as_secs_f64());
+        metrics.tiles_inferred.inc_by(images.len() as u64);
         done += specs.len();
         on_batch(specs, outputs, read_time, t.elapsed());
     }

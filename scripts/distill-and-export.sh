@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# One command for the whole recipe of the paper (issue 3): the Teacher at the highest
+# magnification, then Students at 5×, 2.5× and 1.25× for each ablation (CE, +KD, +FM,
+# +AT+, all), exported to ONNX with a parity check in ONNX Runtime, and RESULTS.md.
+#
+#   scripts/distill-and-export.sh                 # default profile: synthetic data, writes
+#                                                 # RESULTS.md and models/{teacher,student}-*
+#   scripts/distill-and-export.sh --quick         # smoke run (minutes); writes under
+#                                                 # target/distill-quick/ only
+#   scripts/distill-and-export.sh --data PATH --layout sicapv2|folder|csv [--teacher-mpp 4]
+#   scripts/distill-and-export.sh --seeds 1,2,3   # mean ± std over seeds
+#
+# Every other flag goes to `slidegrade-train recipe` (see `--help`). Re-running with
+# --resume continues interrupted runs from their checkpoints.
+# SLIDEGRADE_PROFILE=dev uses the debug build (shares artefacts with `cargo test`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+profile="${SLIDEGRADE_PROFILE:-release}"
+quick=0
+for arg in "$@"; do
+    [[ "$arg" == "--quick" ]] && quick=1
+    [[ "$arg" == "--help" || "$arg" == "-h" ]] && quick=2
+done
+
+[[ -e .deps/onnxruntime ]] || scripts/setup-native.sh
+
+if [[ "$profile" == "release" ]]; then
+    cargo build --release --locked --features train --bin slidegrade-train
+    bin=target/release/slidegrade-train
+else
+    cargo build --locked --features train --bin slidegrade-train
+    bin=target/debug/slidegrade-train
+fi
+
+if [[ $quick == 2 ]]; then
+    exec "$bin" recipe --help
+elif [[ $quick == 1 ]]; then
+    out=target/distill-quick
+    exec "$bin" recipe --out "$out" --models-dir "$out/models" --results "$out/RESULTS.md" "$@"
+else
+    exec "$bin" recipe --out target/distill --models-dir models --results RESULTS.md "$@"
+fi

@@ -1,0 +1,152 @@
+//! The built-in synthetic histology set: patches rendered by [`crate::synth::render_patch`]
+//! and written as a CSV data set (`labels.csv` + PNGs), so that training reads it like any
+//! user's data and rendering is paid once.
+//!
+//! Every patch is a pure function of `(seed, split, class, index)`: each gets its own
+//! tissue seed (so its own stain and layout), and the splits never share a seed.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use anyhow::{Context, Result};
+
+use super::{DataSet, Split, load_csv};
+use crate::synth::{Class, render_patch};
+
+/// Written beside `labels.csv`; its text is the data description in `model.json`.
+pub const MARKER_FILE: &str = "SYNTHETIC.txt";
+pub const LABELS_FILE: &str = "labels.csv";
+
+#[derive(Debug, Clone)]
+pub struct SynthSetConfig {
+    pub out: PathBuf,
+    pub train_per_class: usize,
+    pub val_per_class: usize,
+    pub test_per_class: usize,
+    /// Side of each patch in pixels (at `mpp`).
+    pub size_px: u32,
+    /// µm per pixel of the rendered patches (1.0 ≈ 10×).
+    pub mpp: f64,
+    pub seed: u64,
+    /// Worker threads (0 = all cores).
+    pub threads: usize,
+}
+
+/// The tissue seed of one patch.
+pub fn patch_seed(seed: u64, split: Split, class: Class, index: usize) -> u64 {
+    let mut h = seed ^ 0x9e37_79b9_7f4a_7c15;
+    for v in [
+        split as u64 + 1,
+        class.index() as u64 + 11,
+        index as u64 + 101,
+    ] {
+        h = (h ^ v).wrapping_mul(0x100_0000_01b3).rotate_left(23);
+        h ^= h >> 29;
+    }
+    h
+}
+
+/// Renders the set into `cfg.out` and returns it loaded. An existing set with the same
+/// description is reused as is.
+pub fn generate(cfg: &SynthSetConfig) -> Result<DataSet> {
+    let description = format!(
+        "synthetic H&E (slidegrade synth: seed {}, {}/{}/{} per class train/val/test, {} px at {} µm/px)",
+        cfg.seed, cfg.train_per_class, cfg.val_per_class, cfg.test_per_class, cfg.size_px, cfg.mpp
+    );
+    let marker = cfg.out.join(MARKER_FILE);
+    let labels = cfg.out.join(LABELS_FILE);
+    if labels.exists() && std::fs::read_to_string(&marker).is_ok_and(|t| t.trim() == description) {
+        return load_csv(&labels);
+    }
+    let mut jobs: Vec<(Split, Class, usize, PathBuf)> = Vec::new();
+    for (split, n) in [
+        (Split::Train, cfg.train_per_class),
+        (Split::Val, cfg.val_per_class),
+        (Split::Test, cfg.test_per_class),
+    ] {
+        let dir = cfg.out.join("images").join(split.name());
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        for class in Class::ALL {
+            for i in 0..n {
+                jobs.push((
+                    split,
+                    class,
+                    i,
+                    dir.join(format!("{}_{i:05}.png", class.name())),
+                ));
+            }
+        }
+    }
+    let threads = if cfg.threads == 0 {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        cfg.threads
+    };
+    let next = AtomicUsize::new(0);
+    let bar = indicatif::ProgressBar::new(jobs.len() as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("synth {bar:30} {pos}/{len} patches {elapsed}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let errors: Vec<anyhow::Error> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(|| -> Result<()> {
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some((split, class, index, path)) = jobs.get(i) else {
+                            return Ok(());
+                        };
+                        let img = render(cfg, *split, *class, *index);
+                        img.save(path)
+                            .with_context(|| format!("cannot write {}", path.display()))?;
+                        bar.inc(1);
+                    }
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .filter_map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("worker panicked")))
+                    .err()
+            })
+            .collect()
+    });
+    bar.finish_and_clear();
+    if let Some(e) = errors.into_iter().next() {
+        return Err(e);
+    }
+    let mut csv = String::from("path,label,split\n");
+    for (split, class, _, path) in &jobs {
+        let rel = path.strip_prefix(&cfg.out).unwrap_or(path);
+        csv.push_str(&format!(
+            "{},{},{}\n",
+            rel.display(),
+            class.name(),
+            split.name()
+        ));
+    }
+    std::fs::write(&labels, csv).with_context(|| format!("cannot write {}", labels.display()))?;
+    std::fs::write(&marker, format!("{description}\n"))
+        .with_context(|| format!("cannot write {}", marker.display()))?;
+    load_csv(&labels)
+}
+
+/// One patch of the set (what [`generate`] writes for `(split, class, index)`).
+pub fn render(cfg: &SynthSetConfig, split: Split, class: Class, index: usize) -> image::RgbImage {
+    let seed = patch_seed(cfg.seed, split, class, index);
+    // Origins spread over a few mm so that the layout varies within one tissue seed too.
+    let origin = (
+        (seed % 4000) as f64 + 200.0,
+        ((seed >> 20) % 4000) as f64 + 200.0,
+    );
+    render_patch(class, origin, cfg.size_px, cfg.mpp, seed)
+}
+
+/// Is `dir` a synthetic set written by [`generate`]?
+pub fn is_synthetic_set(dir: &Path) -> bool {
+    dir.join(MARKER_FILE).exists() && dir.join(LABELS_FILE).exists()
+}

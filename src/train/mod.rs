@@ -1,0 +1,19 @@
+//! The training and distillation harness (cargo feature `train`): burn on the Flex CPU
+//! backend (rayon + SIMD).
+//!
+//! - [`model`]: Teacher/Student CNNs in the [`crate::network::Network`] shape.
+//! - [`loss`]: CE, KD, FM and AT+.
+//! - [`data`]: batches, balanced oversampling, augmentation before downsampling.
+//! - [`trainer`]: the loop (Adam, best-val-QWK epoch, checkpoint/resume, plots).
+//! - [`export`]: burn → `Network` → ONNX + `model.json`, parity in ONNX Runtime.
+//! - [`recipe`]: the whole paper recipe and `RESULTS.md`.
+//! - [`cli`]: `train`, `distill`-style flags and `recipe` subcommands.
+
+pub mod cli;
+pub mod data;
+pub mod export;
+pub mod loss;
+pub mod model;
+pub mod plot;
+pub mod recipe;
+pub mod trainer;
