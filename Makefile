@@ -29,8 +29,10 @@ setup:
 build: setup
 	$(CARGO) build --release --locked
 
+# Loopback without API keys, so the API works out of the box; for a shared host create
+# keys (`slidegrade keys create`) and serve without --no-auth.
 run: build
-	$(GPU_ENV) ./target/release/slidegrade serve --bind $(BIND) --models-dir $(MODELS) $(SERVE_FLAGS)
+	$(GPU_ENV) ./target/release/slidegrade serve --bind $(BIND) --models-dir $(MODELS) --data-dir var --no-auth $(SERVE_FLAGS)
 
 test: setup
 	$(CARGO) test --locked --all-targets

@@ -53,6 +53,29 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Write a synthetic pyramidal slide (tiled TIFF with µm/px) with known Gleason
+    /// regions, plus `<stem>_mask.png` and `<stem>_truth.json` beside it.
+    SynthSlide {
+        /// Output .tiff path.
+        out: PathBuf,
+        /// Level-0 width in pixels.
+        #[arg(long, default_value_t = 8192)]
+        width: u32,
+        /// Level-0 height in pixels.
+        #[arg(long, default_value_t = 6144)]
+        height: u32,
+        /// Level-0 µm per pixel (0.25 ≈ 40×).
+        #[arg(long, default_value_t = 0.5)]
+        mpp: f64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// One core of this pattern (e.g. `3+4`, `benign`); default: random cores.
+        #[arg(long)]
+        pattern: Option<String>,
+        /// The 80,000 × 60,000 px, 0.25 µm/px benchmark slide (ignores size flags).
+        #[arg(long)]
+        benchmark: bool,
+    },
     /// Manage API keys for the server.
     Keys {
         #[command(flatten)]
@@ -308,6 +331,36 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Train(cmd) => slidegrade::train::cli::run(cmd),
         Command::Grade(args) => grade(args),
         Command::Keys { data, command } => keys(&data, command),
+        Command::SynthSlide {
+            out,
+            width,
+            height,
+            mpp,
+            seed,
+            pattern,
+            benchmark,
+        } => {
+            use slidegrade::synth::{CorePattern, SlideSpec};
+            let spec = match (benchmark, pattern) {
+                (true, _) => SlideSpec::benchmark(seed),
+                (false, Some(p)) => {
+                    let pattern = CorePattern::from_name(&p)
+                        .ok_or_else(|| anyhow::anyhow!("unknown --pattern `{p}`"))?;
+                    SlideSpec::with_pattern(width, height, mpp, seed, pattern)
+                }
+                (false, None) => SlideSpec::random(width, height, mpp, seed),
+            };
+            let truth = slidegrade::synth::write_slide(&out, &spec)?;
+            println!(
+                "wrote {} ({} x {} px at {} µm/px, {} levels)",
+                out.display(),
+                truth.width,
+                truth.height,
+                truth.mpp,
+                truth.levels.len()
+            );
+            Ok(())
+        }
         Command::CheckModel { dir, engine } => {
             let model = model::load(&dir)?;
             let config = engine.init()?;

@@ -155,3 +155,49 @@ fn bad_grade_arguments_are_refused() {
     let line = stderr_line(&grade(&slide, &models, &dir.path().join("o"), &[]));
     assert!(line.contains("does not recognize"), "{line}");
 }
+
+#[test]
+fn synthetic_slides_grade_and_an_empty_one_gives_no_tissue() {
+    use slidegrade::synth::{SlideSpec, write_slide};
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models");
+    common::tiny_model(&models, "tiny", 1);
+
+    // A slide of glass only: a valid result that says no tissue was found.
+    let empty = dir.path().join("empty.tiff");
+    write_slide(&empty, &SlideSpec::with_cores(2048, 2048, 0.5, 1, vec![])).unwrap();
+    let o = grade(&empty, &models, &dir.path().join("empty-out"), &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r = result(&dir.path().join("empty-out"));
+    assert_eq!(r["outcome"], "no_tissue");
+    assert!(r["grade"].is_null());
+    assert_eq!(r["tiles"]["inferred"], 0);
+
+    // The CLI writes a pyramidal slide that the grader reads through OpenSlide.
+    let slide = dir.path().join("core.tiff");
+    let out = Command::new(env!("CARGO_BIN_EXE_slidegrade"))
+        .args([
+            "synth-slide",
+            slide.to_str().unwrap(),
+            "--width",
+            "4096",
+            "--height",
+            "3072",
+            "--pattern",
+            "3+4",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(dir.path().join("core_truth.json").is_file());
+    let o = grade(&slide, &models, &dir.path().join("core-out"), &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r = result(&dir.path().join("core-out"));
+    assert_eq!(r["outcome"], "graded");
+    assert_eq!(r["slide"]["vendor"], "generic-tiff");
+    assert!(r["tiles"]["inferred"].as_u64().unwrap() > 0);
+}

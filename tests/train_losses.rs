@@ -17,7 +17,7 @@ fn t4(v: Vec<f32>, shape: [usize; 4], d: &Device) -> Tensor<4> {
 }
 
 fn value<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.into_data().into_vec::<f32>().unwrap()
+    t.into_data().try_into_vec::<f32>().unwrap()
 }
 
 fn close(a: f32, b: f32, tol: f32) {

@@ -49,9 +49,9 @@ fn burn_forward_matches_the_reference_network() {
     let cam = model
         .cam(out.features)
         .into_data()
-        .into_vec::<f32>()
+        .try_into_vec::<f32>()
         .unwrap();
-    let logits = out.logits.into_data().into_vec::<f32>().unwrap();
+    let logits = out.logits.into_data().try_into_vec::<f32>().unwrap();
     for (a, b) in logits
         .iter()
         .zip(&reference.logits)
@@ -135,7 +135,9 @@ fn teacher_and_distilled_student_train_export_and_resume() {
     assert_eq!(full.history.len(), 2);
     let resumed = train(&two, &splits, Some(&teacher), &run, true).unwrap();
     assert_eq!(resumed.history.len(), 2);
-    assert_eq!(resumed.history[1].loss, full.history[1].loss);
+    // The history goes through JSON in the checkpoint, which may change the last bit.
+    let (a, b) = (resumed.history[1].loss, full.history[1].loss);
+    assert!((a - b).abs() <= 1e-9 * b.abs().max(1.0), "{a} vs {b}");
 
     let tiles: Vec<_> = splits
         .test

@@ -192,9 +192,6 @@ const JOB_COLUMNS: &str = "id, state, created_at, started_at, finished_at, slide
      model, mpp, accession_number, specimen_id, callback_url, progress_done, progress_total, \
      error, error_type, attempts, out_dir";
 
-const DELIVERY_COLUMNS: &str =
-    "job_id, url, state, attempts, next_attempt_at, last_status, last_error, payload";
-
 fn delivery_from_row(r: &Row) -> rusqlite::Result<Delivery> {
     Ok(Delivery {
         job_id: r.get(0)?,

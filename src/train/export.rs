@@ -53,8 +53,12 @@ pub fn export_checked(
     let x = Tensor::<4>::from_data(TensorData::new(input, [tiles.len(), 3, s, s]), device);
     let out = model.forward(x);
     let cam = model.cam(out.features);
-    let logits = out.logits.into_data().into_vec::<f32>().unwrap_or_default();
-    let cam = cam.into_data().into_vec::<f32>().unwrap_or_default();
+    let logits = out
+        .logits
+        .into_data()
+        .try_into_vec::<f32>()
+        .unwrap_or_default();
+    let cam = cam.into_data().try_into_vec::<f32>().unwrap_or_default();
     let (c, per_cam) = (logits.len() / tiles.len(), cam.len() / tiles.len());
     let mut max_logits = 0f32;
     let mut max_cam = 0f32;

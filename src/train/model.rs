@@ -183,7 +183,7 @@ impl Cnn {
     /// The weights as the export hand-off format (BatchNorm kept, running statistics in).
     pub fn to_network(&self) -> Network {
         let vec1 =
-            |t: Tensor<1>| -> Vec<f32> { t.into_data().into_vec::<f32>().unwrap_or_default() };
+            |t: Tensor<1>| -> Vec<f32> { t.into_data().try_into_vec::<f32>().unwrap_or_default() };
         let mut blocks = Vec::new();
         for layer in &self.layers {
             let weight = layer.conv.weight.val();
@@ -198,7 +198,7 @@ impl Cnn {
                 in_channels: cin,
                 out_channels: cout,
                 kernel: k,
-                weight: weight.into_data().into_vec::<f32>().unwrap_or_default(),
+                weight: weight.into_data().try_into_vec::<f32>().unwrap_or_default(),
                 bias,
                 batch_norm: Some(network::BatchNorm {
                     gamma: vec1(layer.bn.gamma.val()),
@@ -219,7 +219,7 @@ impl Cnn {
                     .weight
                     .val()
                     .into_data()
-                    .into_vec::<f32>()
+                    .try_into_vec::<f32>()
                     .unwrap_or_default(),
                 bias: vec1(self.bias.val()),
             },

@@ -13,6 +13,9 @@ use super::trainer::EpochLog;
 use crate::dataset::metrics::ConfusionMatrix;
 use crate::synth::Class;
 
+/// A curve: legend label, colour, and the value it plots per epoch.
+type Series = (&'static str, RGBColor, fn(&EpochLog) -> f64);
+
 const FONT: &str = "sans-serif";
 
 fn register_font() {
@@ -63,7 +66,7 @@ pub fn training_curves(history: &[EpochLog], title: &str, path: &Path) -> Result
             .label_style((FONT, 12))
             .draw()
             .map_err(err)?;
-        let series: [(&str, RGBColor, fn(&EpochLog) -> f64); 5] = [
+        let series: [Series; 5] = [
             ("total", BLACK, |e| e.loss),
             ("CE", BLUE, |e| e.ce),
             ("KD", GREEN, |e| e.kd),
@@ -104,7 +107,7 @@ pub fn training_curves(history: &[EpochLog], title: &str, path: &Path) -> Result
             .label_style((FONT, 12))
             .draw()
             .map_err(err)?;
-        let series: [(&str, RGBColor, fn(&EpochLog) -> f64); 3] = [
+        let series: [Series; 3] = [
             ("balanced acc.", BLUE, |e| e.val_balanced_accuracy),
             ("QWK", RED, |e| e.val_qwk),
             ("macro F1", GREEN, |e| e.val_macro_f1),

@@ -338,7 +338,7 @@ pub fn train(
 fn scalar(t: &Tensor<1>) -> f64 {
     t.clone()
         .into_data()
-        .into_vec::<f32>()
+        .try_into_vec::<f32>()
         .ok()
         .and_then(|v| v.first().copied())
         .map_or(f64::NAN, f64::from)
@@ -352,7 +352,7 @@ pub fn predict(model: &Cnn, set: &ImageSet, device: &Device) -> Vec<usize> {
         let refs: Vec<_> = chunk.iter().collect();
         let logits = model.forward(to_tensor(&refs, size, device)).logits;
         let [n, c] = logits.dims();
-        let v = logits.into_data().into_vec::<f32>().unwrap_or_default();
+        let v = logits.into_data().try_into_vec::<f32>().unwrap_or_default();
         for i in 0..n {
             let row = &v[i * c..(i + 1) * c];
             let arg = (0..c)
