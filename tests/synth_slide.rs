@@ -4,6 +4,10 @@
 //! Timings (release, by hand):
 //! `cargo test --release --test synth_slide -- --ignored --nocapture`
 
+mod common;
+
+use common::mean_abs_diff;
+
 use image::{GrayImage, RgbImage};
 use slidegrade::grading::{PatternAreas, grade};
 use slidegrade::synth::{
@@ -11,18 +15,6 @@ use slidegrade::synth::{
 };
 use slidegrade::tissue;
 use slidegrade::wsi::{MppSource, Slide, resize_area};
-
-/// Mean absolute difference per channel between two images of equal size.
-fn mean_abs_diff(a: &RgbImage, b: &RgbImage) -> f64 {
-    assert_eq!(a.dimensions(), b.dimensions());
-    let sum: u64 = a
-        .as_raw()
-        .iter()
-        .zip(b.as_raw())
-        .map(|(x, y)| u64::from(x.abs_diff(*y)))
-        .sum();
-    sum as f64 / a.as_raw().len() as f64
-}
 
 fn mean_rgb(img: &RgbImage) -> [f64; 3] {
     let mut m = [0.0; 3];

@@ -3,6 +3,10 @@
 //!
 //! Every test skips, with a message, when the shared data is absent (a user's clone).
 
+mod common;
+
+use common::mean_abs_diff;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -53,18 +57,6 @@ fn level_sizes(slide: &Slide) -> Vec<(u32, u32)> {
 
 fn is_white(img: &RgbImage) -> bool {
     img.pixels().all(|p| p.0 == [255, 255, 255])
-}
-
-/// Mean absolute difference per channel between two images of equal size.
-fn mean_abs_diff(a: &RgbImage, b: &RgbImage) -> f64 {
-    assert_eq!(a.dimensions(), b.dimensions());
-    let sum: u64 = a
-        .as_raw()
-        .iter()
-        .zip(b.as_raw())
-        .map(|(x, y)| u64::from(x.abs_diff(*y)))
-        .sum();
-    sum as f64 / a.as_raw().len() as f64
 }
 
 /// What each shared slide must do when opened without an override.
