@@ -53,17 +53,10 @@ pub async fn build(config: &ServiceConfig) -> Result<Arc<AppState>, StoreError> 
             refused: Vec::new(),
         });
     let models = Arc::new(Models::new(loaded.pools));
-    let settings = JobSettings {
-        workers: config.jobs.workers,
-        queue_capacity: config.jobs.queue_capacity,
-        data_dir: config.data_dir.clone(),
-        grade: config.jobs.grade.clone(),
-        webhook: config.jobs.webhook.clone(),
-    };
     Ok(Arc::new(AppState {
         models: models.clone(),
         refused: loaded.refused,
-        jobs: Jobs::new(store, models, settings),
+        jobs: Jobs::new(store, models, config.jobs.clone()),
         api: config.api.clone(),
     }))
 }

@@ -67,6 +67,7 @@ struct Running {
     reason: Option<StopReason>,
 }
 
+#[derive(Clone)]
 pub struct JobSettings {
     /// Grading workers. 0 accepts and queues jobs without grading them (maintenance).
     pub workers: usize,
