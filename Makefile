@@ -1,5 +1,5 @@
 # Two commands: `make run` serves the bundled models, `make test` runs every test.
-# Both install what they need first (scripts/setup-native.sh) and are safe to rerun.
+# Both install what they need first (scripts/setup-*.sh) and are safe to rerun.
 #
 #   make run GPU=1     use onnxruntime-gpu 1.31.1 + CUDA 13 / cuDNN 9 wheels (CUDA provider)
 #   make run BIND=0.0.0.0:8080 MODELS=models
@@ -25,6 +25,7 @@ endif
 setup:
 	scripts/setup-native.sh $(SETUP_FLAGS)
 	scripts/setup-python.sh
+	scripts/setup-web.sh
 
 build: setup
 	$(CARGO) build --release --locked
@@ -34,9 +35,17 @@ build: setup
 run: build
 	$(GPU_ENV) ./target/release/slidegrade serve --bind $(BIND) --models-dir $(MODELS) --data-dir var --no-auth $(SERVE_FLAGS)
 
+# `--all-features` builds the training harness too, so its loss, metric and pipeline tests
+# run; the `--quick` recipe then trains, exports and checks every model in the engine.
+# The browser test (web/tests/) drives the viewer in headless Chromium against the
+# target/debug/slidegrade that the cargo tests just built.
 test: setup
-	$(CARGO) test --locked --all-targets
-	$(CARGO) test --locked --doc
+	scripts/setup-web.sh --browser
+	$(CARGO) test --locked --all-targets --all-features
+	$(CARGO) test --locked --doc --all-features
+	SLIDEGRADE_PROFILE=dev scripts/distill-and-export.sh --quick
+	for m in target/distill-quick/models/*/; do ./target/debug/slidegrade check-model "$$m" || exit 1; done
+	cd web && node --test tests/viewer.test.mjs
 
 lint: setup
 	$(CARGO) fmt --check

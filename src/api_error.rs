@@ -107,8 +107,10 @@ impl ApiError {
 
     fn status_of_slide(e: &SlideError) -> StatusCode {
         match e {
-            SlideError::NotFound(_) => StatusCode::NOT_FOUND,
+            SlideError::NotFound(_) | SlideError::NoSuchTile { .. } => StatusCode::NOT_FOUND,
             SlideError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            // The server could not run its decoder process: not the client's fault.
+            SlideError::DecoderUnavailable(_) => StatusCode::INTERNAL_SERVER_ERROR,
             // The slide itself is the problem: well-formed request, unusable content.
             _ => StatusCode::UNPROCESSABLE_ENTITY,
         }

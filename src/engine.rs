@@ -71,6 +71,46 @@ impl Default for EngineConfig {
     }
 }
 
+/// Engine settings as command-line flags, shared by every subcommand that runs a model.
+#[derive(Debug, Clone, clap::Args)]
+pub struct EngineArgs {
+    /// Execution provider to ask for. `cuda` falls back to the CPU with a warning when
+    /// CUDA cannot load, unless --require-cuda.
+    #[arg(long, env = "SLIDEGRADE_DEVICE", value_enum, default_value_t = Device::Cpu)]
+    pub device: Device,
+    /// Fail instead of falling back to the CPU when CUDA is asked for but unavailable.
+    #[arg(long, env = "SLIDEGRADE_REQUIRE_CUDA")]
+    pub require_cuda: bool,
+    /// CUDA device ordinal.
+    #[arg(long, env = "SLIDEGRADE_CUDA_DEVICE", default_value_t = 0)]
+    pub cuda_device: i32,
+    /// ONNX Runtime intra-op threads per session; 0 lets ONNX Runtime use every core.
+    /// On a shared host, sessions × threads should not exceed the cores.
+    #[arg(long, env = "SLIDEGRADE_INTRA_THREADS", default_value_t = 0)]
+    pub intra_threads: usize,
+    /// Sessions per model: how many batches of one model can run at once.
+    #[arg(long, env = "SLIDEGRADE_SESSIONS_PER_MODEL", default_value_t = 1)]
+    pub sessions_per_model: usize,
+    /// Path to libonnxruntime.so. Defaults to the copy under .deps/ from `make setup`.
+    #[arg(long, env = "ORT_DYLIB_PATH")]
+    pub ort_dylib: Option<PathBuf>,
+}
+
+impl EngineArgs {
+    /// Loads ONNX Runtime and returns the engine settings.
+    pub fn init(&self) -> Result<EngineConfig, EngineError> {
+        let path = self.ort_dylib.clone().unwrap_or_else(default_runtime_path);
+        init_runtime(&path)?;
+        Ok(EngineConfig {
+            device: self.device,
+            require_cuda: self.require_cuda,
+            cuda_device_id: self.cuda_device,
+            intra_threads: self.intra_threads,
+            sessions: self.sessions_per_model,
+        })
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     #[error(

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use slidegrade::engine::{self, Device, EngineConfig};
+use slidegrade::engine::{self, EngineArgs};
 use slidegrade::export::{ExportInfo, export};
 use slidegrade::model::{self, Role, Training};
 use slidegrade::network::{Architecture, Network};
@@ -76,6 +76,11 @@ enum Command {
         #[arg(long)]
         benchmark: bool,
     },
+    /// Rerun the figures of BENCHMARKS.md.
+    Bench {
+        #[command(subcommand)]
+        command: slidegrade::bench::BenchCommand,
+    },
     /// Manage API keys for the server.
     Keys {
         #[command(flatten)]
@@ -86,6 +91,15 @@ enum Command {
     /// Grade a slide: tissue, tiles, inference, Grad-CAM heatmaps, Gleason and ISUP.
     /// Writes result.json, heatmap_<class>.png, overlay.png, tiles.csv and tiles.geojson.
     Grade(GradeArgs),
+    /// Internal: open a slide and decode its overview and first tile, for a server that
+    /// runs this in a child process (`wsi::isolated`). Prints JSON; exit 3 on a slide
+    /// error.
+    #[command(name = "probe-slide", hide = true)]
+    ProbeSlide {
+        slide: PathBuf,
+        #[arg(long)]
+        mpp: Option<f64>,
+    },
     /// Check a model folder against the contract (sha256, graph vs model.json).
     CheckModel {
         dir: PathBuf,
@@ -109,48 +123,6 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
-}
-
-#[derive(Args)]
-struct EngineArgs {
-    /// Execution provider to ask for. `cuda` falls back to the CPU with a warning when
-    /// CUDA cannot load, unless --require-cuda.
-    #[arg(long, env = "SLIDEGRADE_DEVICE", value_enum, default_value_t = Device::Cpu)]
-    device: Device,
-    /// Fail instead of falling back to the CPU when CUDA is asked for but unavailable.
-    #[arg(long, env = "SLIDEGRADE_REQUIRE_CUDA")]
-    require_cuda: bool,
-    /// CUDA device ordinal.
-    #[arg(long, env = "SLIDEGRADE_CUDA_DEVICE", default_value_t = 0)]
-    cuda_device: i32,
-    /// ONNX Runtime intra-op threads per session; 0 lets ONNX Runtime use every core.
-    /// On a shared host, sessions × threads should not exceed the cores.
-    #[arg(long, env = "SLIDEGRADE_INTRA_THREADS", default_value_t = 0)]
-    intra_threads: usize,
-    /// Sessions per model: how many batches of one model can run at once.
-    #[arg(long, env = "SLIDEGRADE_SESSIONS_PER_MODEL", default_value_t = 1)]
-    sessions_per_model: usize,
-    /// Path to libonnxruntime.so. Defaults to the copy under .deps/ from `make setup`.
-    #[arg(long, env = "ORT_DYLIB_PATH")]
-    ort_dylib: Option<PathBuf>,
-}
-
-impl EngineArgs {
-    /// Loads ONNX Runtime and returns the engine settings.
-    fn init(&self) -> anyhow::Result<EngineConfig> {
-        let path = self
-            .ort_dylib
-            .clone()
-            .unwrap_or_else(engine::default_runtime_path);
-        engine::init_runtime(&path)?;
-        Ok(EngineConfig {
-            device: self.device,
-            require_cuda: self.require_cuda,
-            cuda_device_id: self.cuda_device,
-            intra_threads: self.intra_threads,
-            sessions: self.sessions_per_model,
-        })
-    }
 }
 
 #[derive(Args)]
@@ -186,6 +158,11 @@ struct GradeArgs {
 
 #[derive(Args)]
 struct ServeArgs {
+    /// Decode uploaded slides only in this process. By default each slide is first
+    /// probed (opened, overview and first tile decoded) in a child process, so that a
+    /// crash in the C decoders refuses the slide instead of taking the server down.
+    #[arg(long, env = "SLIDEGRADE_DECODE_IN_PROCESS")]
+    decode_in_process: bool,
     /// Address to listen on.
     #[arg(long, env = "SLIDEGRADE_BIND", default_value = "127.0.0.1:8080")]
     bind: SocketAddr,
@@ -290,6 +267,10 @@ enum KeysCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
+    // The decoder child's exit code and stdout are its protocol with the server.
+    if let Command::ProbeSlide { slide, mpp } = &cli.command {
+        return slidegrade::wsi::isolated::child_main(slide, *mpp);
+    }
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -316,6 +297,11 @@ fn init_logging(format: LogFormat) {
 fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Serve(args) => serve(args),
+        // `main` answers it with the child protocol; here it is a plain probe.
+        Command::ProbeSlide { slide, mpp } => {
+            slidegrade::wsi::isolated::probe(&slide, mpp)?;
+            Ok(())
+        }
         Command::Info { slide, mpp, json } => {
             let slide = Slide::open(&slide, mpp)?;
             let props = slide.properties();
@@ -331,6 +317,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Train(cmd) => slidegrade::train::cli::run(cmd),
         Command::Grade(args) => grade(args),
         Command::Keys { data, command } => keys(&data, command),
+        Command::Bench { command } => slidegrade::bench::run(command),
         Command::SynthSlide {
             out,
             width,
@@ -598,6 +585,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             grade: pipeline::GradeOptions {
                 batch_size: args.batch_size.max(1),
                 min_tissue: args.min_tissue,
+                decoder: if args.decode_in_process {
+                    None
+                } else {
+                    Some(slidegrade::wsi::isolated::Decoder::current_exe()?)
+                },
                 ..pipeline::GradeOptions::default()
             },
             webhook: slidegrade::jobs::webhook::WebhookSettings {

@@ -146,6 +146,16 @@ impl Manifest {
         if self.input.std.iter().any(|s| *s == 0.0 || !s.is_finite()) {
             return Err("input.std must be finite and non-zero".into());
         }
+        // JSON numbers beyond f32's range (e.g. 1e40) deserialise to infinity rather than
+        // failing, and would turn every input into ±inf/NaN (found by fuzzing).
+        if !(self.input.scale.is_finite() && self.input.scale > 0.0)
+            || self.input.mean.iter().any(|m| !m.is_finite())
+        {
+            return Err("input.scale must be finite and positive, input.mean finite".into());
+        }
+        if !(self.input.magnification.is_finite() && self.input.magnification > 0.0) {
+            return Err("input.magnification must be positive".into());
+        }
         if self.outputs.cam_grid.contains(&0) {
             return Err("outputs.cam_grid must be positive".into());
         }
@@ -348,4 +358,60 @@ fn expect_shape(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A valid manifest's JSON with one field replaced.
+    fn manifest_json(field: &str, value: &str) -> String {
+        let manifest = Manifest {
+            format_version: FORMAT_VERSION,
+            name: "m".into(),
+            version: "1".into(),
+            role: Role::Student,
+            description: "d".into(),
+            classes: vec!["NC".into(), "G3".into()],
+            input: InputSpec {
+                name: "image".into(),
+                size_px: 16,
+                mpp: 8.0,
+                magnification: 1.25,
+                channel_order: ChannelOrder::Rgb,
+                scale: 1.0 / 255.0,
+                mean: [0.5; 3],
+                std: [0.25; 3],
+            },
+            outputs: OutputSpec {
+                logits: "logits".into(),
+                cam: "cam".into(),
+                cam_grid: [4, 4],
+            },
+            onnx_sha256: "00".into(),
+            training: Training::default(),
+        };
+        let mut value_json: serde_json::Value = serde_json::to_value(&manifest).unwrap();
+        value_json["input"][field] = serde_json::from_str(value).unwrap();
+        value_json.to_string()
+    }
+
+    #[test]
+    fn out_of_range_f32_values_are_refused_not_read_as_infinity() {
+        assert!(parse_manifest(&manifest_json("scale", "0.5")).is_ok());
+        for (field, value) in [
+            // The fuzzer's find: 2.2e58 in `mean` parsed as f32 infinity and was accepted.
+            ("mean", "[0.48, 2.2e58, 0.406]"),
+            ("scale", "1e39"),
+            ("scale", "0"),
+            ("std", "[1e39, 1, 1]"),
+            ("magnification", "-1"),
+        ] {
+            let err = parse_manifest(&manifest_json(field, value)).unwrap_err();
+            assert!(
+                matches!(err, ManifestParseError::Invalid(_)),
+                "{field}: {err:?}"
+            );
+        }
+    }
 }

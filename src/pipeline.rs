@@ -38,6 +38,10 @@ pub struct GradeOptions {
     pub max_thumbnail_side: u32,
     /// Set from another thread to stop grading at the next batch (cancel, shutdown).
     pub stop: Option<Arc<AtomicBool>>,
+    /// When set, the slide is first probed (opened, overview and first tile decoded) in a
+    /// child process, so a file that crashes the C decoders fails the grade with
+    /// `decoder_crashed` instead of killing this process (see `wsi::isolated`).
+    pub decoder: Option<crate::wsi::isolated::Decoder>,
 }
 
 impl Default for GradeOptions {
@@ -50,6 +54,7 @@ impl Default for GradeOptions {
             tissue: TissueParams::default(),
             max_thumbnail_side: 2048,
             stop: None,
+            decoder: None,
         }
     }
 }
@@ -198,6 +203,9 @@ pub fn grade_slide(
     let patterns = class_patterns(&manifest)?;
 
     let t = Instant::now();
+    if let Some(decoder) = &options.decoder {
+        decoder.probe(path, options.mpp_override)?;
+    }
     let slide = Slide::open(path, options.mpp_override)?;
     let props = slide.properties().clone();
     times.open_ms = ms(t.elapsed());

@@ -161,10 +161,27 @@ pub fn heatmap_image(heatmaps: &Heatmaps, class: usize) -> RgbaImage {
     })
 }
 
-/// Writes `heatmap_<class>.png` into `dir` (created if missing) for every class, in
-/// class order, and returns the paths. Names are sanitised with
+/// The stem `<stem>` of each class's heatmap file `heatmap_<stem>.png`, in class order
+/// (also the `{class}` of the API's `/heatmap/{class}.png`). Names are sanitised with
 /// [`sanitise_file_stem`]; two classes that would land on the same file (also on a
 /// case-insensitive file system) get `_<class index>` appended to the later one.
+pub fn heatmap_file_stems(classes: &[String]) -> Vec<String> {
+    let mut used = HashSet::new();
+    classes
+        .iter()
+        .enumerate()
+        .map(|(c, name)| {
+            let mut stem = sanitise_file_stem(name);
+            while !used.insert(stem.to_ascii_lowercase()) {
+                stem = format!("{stem}_{c}");
+            }
+            stem
+        })
+        .collect()
+}
+
+/// Writes `heatmap_<class>.png` into `dir` (created if missing) for every class, in
+/// class order, and returns the paths; names as [`heatmap_file_stems`].
 pub fn write_heatmaps(dir: &Path, heatmaps: &Heatmaps) -> Result<Vec<PathBuf>, RenderError> {
     if heatmaps.width == 0 || heatmaps.height == 0 {
         return Err(RenderError::BadInput("the heatmap canvas is empty".into()));
@@ -177,13 +194,8 @@ pub fn write_heatmaps(dir: &Path, heatmaps: &Heatmaps) -> Result<Vec<PathBuf>, R
         )));
     }
     std::fs::create_dir_all(dir).map_err(io_error(dir))?;
-    let mut used = HashSet::new();
     let mut paths = Vec::with_capacity(heatmaps.classes.len());
-    for (c, name) in heatmaps.classes.iter().enumerate() {
-        let mut stem = sanitise_file_stem(name);
-        while !used.insert(stem.to_ascii_lowercase()) {
-            stem = format!("{stem}_{c}");
-        }
+    for (c, stem) in heatmap_file_stems(&heatmaps.classes).iter().enumerate() {
         let path = dir.join(format!("heatmap_{stem}.png"));
         heatmap_image(heatmaps, c)
             .save_with_format(&path, ImageFormat::Png)

@@ -1,7 +1,8 @@
 //! Writes a grading result into an output folder:
 //!
 //! - `result.json`: the versioned result ([`GradeReport`], schema [`RESULT_SCHEMA`]);
-//! - `heatmap_<class>.png`: one colour-mapped Grad-CAM map per class, one pixel per cell;
+//! - `heatmap_<class>.png`: one colour-mapped Grad-CAM map per class, one pixel per cell
+//!   (where it lies on the slide: [`HeatmapGeometry`], `heatmap` in `result.json`);
 //! - `overlay.png`: the primary class's map over the thumbnail, with a legend;
 //! - `tiles.csv`: WSInfer's columns `minx,miny,width,height,prob_<class>`;
 //! - `tiles.geojson`: tiles with classification and measurements, for QuPath.
@@ -18,10 +19,12 @@ use crate::grading::Grade;
 use crate::model::{Manifest, Role};
 use crate::pipeline::{Graded, Outcome, StageTimes};
 use crate::render::{self, RenderError};
+use crate::stitch::Heatmaps;
 use crate::wsi::SlideProperties;
 
-/// Version of `result.json`. Bump the major part on any incompatible change.
-pub const RESULT_SCHEMA: &str = "slidegrade.result/1.0";
+/// Version of `result.json`. Bump the major part on any incompatible change, the minor
+/// part when fields are added (1.1: `heatmap`).
+pub const RESULT_SCHEMA: &str = "slidegrade.result/1.1";
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ModelIdentity {
@@ -52,6 +55,69 @@ pub struct TileSummary {
     pub min_tissue: f64,
 }
 
+/// Where the `heatmap_<class>.png` images lie on the slide, so that a viewer can lay
+/// them over it exactly.
+///
+/// Heatmap pixel `(i, j)` covers the level-0 square from
+/// `origin + (i, j) · level0_px_per_px` to `origin + (i + 1, j + 1) · level0_px_per_px`.
+/// The tile grid starts at the slide's origin and covers the whole slide with whole
+/// tiles, so the heatmap's extent is usually *larger* than the slide (the last column
+/// and row of tiles run past its right and bottom edges): scale the image by
+/// `level0_px_per_px`, not to the slide's size.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HeatmapGeometry {
+    /// PNG size in pixels (one pixel per Grad-CAM cell).
+    pub width_px: u32,
+    pub height_px: u32,
+    /// Level-0 pixels per heatmap pixel, on both axes (cells are square in level-0
+    /// pixels, as the tiles are).
+    pub level0_px_per_px: f64,
+    /// Level-0 position `[x, y]` of the heatmap's top-left corner.
+    pub origin_level0_px: [f64; 2],
+    /// Level-0 size `[width, height]` the heatmap covers: size in pixels ×
+    /// `level0_px_per_px`.
+    pub extent_level0_px: [f64; 2],
+    /// µm per heatmap pixel `[x, y]`.
+    pub um_per_px: [f64; 2],
+    /// One entry per class, in the model's class order.
+    pub layers: Vec<HeatmapLayer>,
+}
+
+/// One class's heatmap file.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HeatmapLayer {
+    pub class: String,
+    /// File name in the output folder, `heatmap_<stem>.png`; the API serves it at
+    /// `/v1/jobs/{id}/heatmap/<stem>.png`.
+    pub file: String,
+}
+
+impl HeatmapGeometry {
+    pub fn of(heatmaps: &Heatmaps, slide: &SlideProperties) -> HeatmapGeometry {
+        let side = heatmaps.cell_side;
+        HeatmapGeometry {
+            width_px: heatmaps.width,
+            height_px: heatmaps.height,
+            level0_px_per_px: side,
+            origin_level0_px: [0.0, 0.0],
+            extent_level0_px: [
+                f64::from(heatmaps.width) * side,
+                f64::from(heatmaps.height) * side,
+            ],
+            um_per_px: [side * slide.mpp_x, side * slide.mpp_y],
+            layers: heatmaps
+                .classes
+                .iter()
+                .zip(render::heatmap_file_stems(&heatmaps.classes))
+                .map(|(class, stem)| HeatmapLayer {
+                    class: class.clone(),
+                    file: format!("heatmap_{stem}.png"),
+                })
+                .collect(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct GradeReport {
     pub schema: &'static str,
@@ -68,6 +134,7 @@ pub struct GradeReport {
     /// Tissue area by predicted class, mm².
     pub class_areas_mm2: BTreeMap<String, f64>,
     pub tiles: TileSummary,
+    pub heatmap: HeatmapGeometry,
     pub timings_ms: StageTimes,
     pub notice: &'static str,
 }
@@ -127,6 +194,7 @@ pub fn build_report(
             inferred: graded.tiles.len(),
             min_tissue,
         },
+        heatmap: HeatmapGeometry::of(&graded.heatmaps, &graded.slide),
         timings_ms: graded.times.clone(),
         notice: NOTICE,
     }

@@ -142,6 +142,8 @@ pub struct AppState {
     pub refused: Vec<RefusedModel>,
     pub jobs: Arc<Jobs>,
     pub api: ApiSettings,
+    /// Open slides and served tiles of the browser viewer.
+    pub viewer: crate::viewer::SlideTiles,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -164,6 +166,13 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/jobs/{id}/tiles.csv", get(job_csv))
         .route("/v1/jobs/{id}/fhir", get(job_fhir))
         .route("/v1/jobs/{id}/hl7", get(job_hl7))
+        .route("/v1/jobs/{id}/slide.dzi", get(crate::viewer::slide_dzi))
+        .route(
+            "/v1/jobs/{id}/slide_files/{level}/{tile}",
+            get(crate::viewer::slide_tile),
+        )
+        .route("/", get(crate::viewer::index))
+        .route("/assets/{file}", get(crate::viewer::asset))
         .layer(DefaultBodyLimit::max(json_limit))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
@@ -231,8 +240,8 @@ async fn record_metrics(request: Request, next: Next) -> Response {
     response
 }
 
-/// Checks the bearer key against the store; returns the key's name.
-fn authorize(
+/// Checks the bearer key against the store.
+pub(crate) fn authorize(
     state: &AppState,
     headers: &HeaderMap,
     need: Role,
@@ -325,7 +334,9 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         job_overlay,
         job_heatmap,
         job_geojson,
-        job_csv
+        job_csv,
+        crate::viewer::slide_dzi,
+        crate::viewer::slide_tile
     )
 )]
 struct ApiDoc;
@@ -380,19 +391,40 @@ async fn not_found() -> ApiError {
 /// The JSON form of a submission: a slide already on a shared volume.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct PathSubmission {
-    path: String,
+pub struct PathSubmission {
+    pub path: String,
     #[serde(flatten)]
-    options: SubmissionOptions,
+    pub options: SubmissionOptions,
 }
 
 #[derive(Debug, Default, Deserialize)]
-struct SubmissionOptions {
-    model: Option<String>,
-    mpp: Option<f64>,
-    accession_number: Option<String>,
-    specimen_id: Option<String>,
-    callback_url: Option<String>,
+pub struct SubmissionOptions {
+    pub model: Option<String>,
+    pub mpp: Option<f64>,
+    pub accession_number: Option<String>,
+    pub specimen_id: Option<String>,
+    pub callback_url: Option<String>,
+}
+
+/// Parses the JSON form of a submission (pure, so the fuzzer can reach it).
+pub fn parse_path_submission(bytes: &[u8]) -> Result<PathSubmission, ApiError> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
+}
+
+/// The `Idempotency-Key` header, if any: visible ASCII, 1–255 characters.
+pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let key = headers
+        .get("idempotency-key")
+        .map(|v| v.to_str().map(str::to_string))
+        .transpose()
+        .map_err(|_| ApiError::BadRequest("Idempotency-Key must be visible ASCII".into()))?;
+    if key.as_ref().is_some_and(|k| k.is_empty() || k.len() > 255) {
+        return Err(ApiError::BadRequest(
+            "Idempotency-Key must be 1–255 characters".into(),
+        ));
+    }
+    Ok(key)
 }
 
 /// A slide ready to be graded: where it is, and whether we own the file.
@@ -440,8 +472,7 @@ async fn read_submission(state: &AppState, request: Request) -> Result<AcceptedS
         .map_err(|_| {
             ApiError::PayloadTooLarge(format!("JSON body over {} bytes", state.api.max_json_bytes))
         })?;
-    let body: PathSubmission = serde_json::from_slice(&bytes)
-        .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?;
+    let body = parse_path_submission(&bytes)?;
     let path = resolve_shared_path(&state.api.shared_roots, &body.path)?;
     let name = path
         .file_name()
@@ -492,7 +523,7 @@ pub fn resolve_shared_path(roots: &[PathBuf], requested: &str) -> Result<PathBuf
 }
 
 /// Keeps letters, digits, `.`, `-` and `_` of an uploaded file name, so it can be stored.
-fn safe_file_name(name: &str) -> String {
+pub fn safe_file_name(name: &str) -> String {
     let base = name.rsplit(['/', '\\']).next().unwrap_or("");
     let cleaned: String = base
         .chars()
@@ -651,9 +682,15 @@ async fn validate(state: &AppState, slide: &AcceptedSlide) -> Result<(), ApiErro
         }
     }
     let (path, mpp) = (slide.path.clone(), o.mpp);
-    tokio::task::spawn_blocking(move || Slide::open(&path, mpp).map(|_| ()))
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))??;
+    let decoder = state.jobs.settings.grade.decoder.clone();
+    tokio::task::spawn_blocking(move || match decoder {
+        // Untrusted bytes meet the C decoders here first: in a child process when
+        // configured, so a crash refuses this slide instead of ending the server.
+        Some(decoder) => decoder.probe(&path, mpp),
+        None => crate::wsi::isolated::probe(&path, mpp).map(|_| ()),
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.to_string()))??;
     Ok(())
 }
 
@@ -682,6 +719,7 @@ fn job_view(job: &Job) -> serde_json::Value {
         "tiles_csv": format!("/v1/jobs/{id}/tiles.csv"),
         "fhir": format!("/v1/jobs/{id}/fhir"),
         "hl7": format!("/v1/jobs/{id}/hl7"),
+        "slide_dzi": format!("/v1/jobs/{id}/slide.dzi"),
     });
     value
 }
@@ -692,20 +730,7 @@ async fn submit_slide(
     request: Request,
 ) -> Result<Response, ApiError> {
     authorize(&state, request.headers(), Role::Submit, "submit slides")?;
-    let idempotency_key = request
-        .headers()
-        .get("idempotency-key")
-        .map(|v| v.to_str().map(str::to_string))
-        .transpose()
-        .map_err(|_| ApiError::BadRequest("Idempotency-Key must be visible ASCII".into()))?;
-    if idempotency_key
-        .as_ref()
-        .is_some_and(|k| k.is_empty() || k.len() > 255)
-    {
-        return Err(ApiError::BadRequest(
-            "Idempotency-Key must be 1–255 characters".into(),
-        ));
-    }
+    let idempotency_key = idempotency_key(request.headers())?;
     let queue_full = |state: &AppState| -> Result<ApiError, ApiError> {
         Ok(ApiError::QueueFull {
             queued: state
@@ -840,7 +865,7 @@ async fn grade_now_inner(state: &AppState, slide: &AcceptedSlide) -> Result<Resp
     }
 }
 
-fn load_job(state: &AppState, id: &str) -> Result<Job, ApiError> {
+pub(crate) fn load_job(state: &AppState, id: &str) -> Result<Job, ApiError> {
     state
         .jobs
         .store
@@ -896,6 +921,7 @@ async fn delete_job(
             .into_response());
     }
     remove_job_files(&job);
+    state.viewer.forget(&id);
     state.jobs.store.delete(&id)?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

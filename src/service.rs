@@ -58,6 +58,7 @@ pub async fn build(config: &ServiceConfig) -> Result<Arc<AppState>, StoreError> 
         refused: loaded.refused,
         jobs: Jobs::new(store, models, config.jobs.clone()),
         api: config.api.clone(),
+        viewer: crate::viewer::SlideTiles::default(),
     }))
 }
 

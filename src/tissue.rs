@@ -7,8 +7,11 @@
 //!    an almost-white image does not split its noise in two.
 //! 3. **Pen and ink rejection.** H&E stains absorb green most, so stained tissue has
 //!    R > G and B > G. Red pen has B ≈ G (both low); blue and green pen have G > R. Very
-//!    dark pixels (max channel below `max_dark`) are ink, folds or pen strokes. Pen pixels are
-//!    dilated so that their blurred halo goes too.
+//!    dark pixels (max channel below `max_dark`) are ink, folds or pen strokes. Only pen
+//!    *strokes* count: single pixels of pen colour occur in plain H&E (a bluish nucleus, a
+//!    pink with little blue), and dilating them cut square holes into a synthetic core, a
+//!    third of its tissue (`TissueParams::min_pen_fraction`). The strokes are then dilated
+//!    so that their blurred halo goes too.
 //! 4. **Morphology**: closing fills the gaps between nuclei, opening removes speckle.
 //! 5. **Small objects** (connected components below `min_object_fraction` of the image)
 //!    are dropped: dust and debris.
@@ -27,6 +30,9 @@ pub struct TissueParams {
     pub morphology_fraction: f64,
     /// Connected tissue regions smaller than this fraction of the image are dropped.
     pub min_object_fraction: f64,
+    /// Connected pen-coloured regions smaller than this fraction of the image are stain,
+    /// not pen.
+    pub min_pen_fraction: f64,
 }
 
 impl Default for TissueParams {
@@ -36,6 +42,7 @@ impl Default for TissueParams {
             max_dark: 60,
             morphology_fraction: 0.01,
             min_object_fraction: 0.0005,
+            min_pen_fraction: 0.0005,
         }
     }
 }
@@ -103,6 +110,8 @@ pub fn detect(image: &RgbImage, params: &TissueParams) -> TissueMask {
         let [r, g, b] = image.get_pixel(x, y).0;
         Luma([if is_pen(r, g, b) { 255 } else { 0 }])
     });
+    let min_pen = (f64::from(w) * f64::from(h) * params.min_pen_fraction).ceil() as usize;
+    let pen = remove_small_objects(&pen, min_pen.max(1));
     let pen = imageproc::morphology::dilate(&pen, Norm::LInf, radius.saturating_mul(2));
 
     let candidate = GrayImage::from_fn(w, h, |x, y| {
@@ -166,6 +175,10 @@ mod tests {
         }
         // One speck of stain, far too small to be tissue.
         slide.put_pixel(5, 5, image::Rgb([200, 120, 180]));
+        // Single pixels of pen colour inside the tissue are stain, not a pen stroke: they
+        // must not cut holes into the mask.
+        slide.put_pixel(50, 40, image::Rgb([228, 140, 169]));
+        slide.put_pixel(40, 30, image::Rgb([89, 90, 172]));
         let mask = detect(&slide, &TissueParams::default());
         assert!((mask.fraction() - 0.2).abs() < 0.02, "{}", mask.fraction());
         assert_eq!(mask.mask.get_pixel(5, 5).0[0], 0);

@@ -106,3 +106,56 @@ fn synthetic_set_is_deterministic_and_reused() {
     let again = generate(&cfg).unwrap();
     assert_eq!(again.samples.len(), a.samples.len());
 }
+
+#[test]
+fn sicapv2_partition_spreadsheets_give_the_splits_and_labels() {
+    // A miniature of SICAPv2's real layout (tests/fixtures/sicapv2, written with openpyxl):
+    // images/*.jpg, partition/Validation/Val1/{Train,Test}.xlsx and
+    // partition/Test/{Train,Test}.xlsx with columns image_name, NC, G3, G4, G5, G4C. Rows
+    // flagged only in G4C (cribriform) must count as G4.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sicapv2");
+    let set = DataSet::load(&root, Layout::Sicapv2).unwrap();
+    let of = |split: Split| -> Vec<(String, usize)> {
+        let mut v: Vec<(String, usize)> = set
+            .samples
+            .iter()
+            .filter(|s| s.split == split)
+            .map(|s| {
+                let name = s.path.file_name().unwrap().to_string_lossy();
+                (name[..10].to_string(), s.label)
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let pairs = |v: &[(&str, usize)]| -> Vec<(String, usize)> {
+        v.iter().map(|(n, l)| (n.to_string(), *l)).collect()
+    };
+    assert_eq!(
+        of(Split::Train),
+        pairs(&[
+            ("16B0001851", 0),
+            ("16B0001851", 1),
+            ("17B0003935", 2),
+            ("18B0006169", 3)
+        ])
+    );
+    assert_eq!(
+        of(Split::Val),
+        pairs(&[("16B0003388", 0), ("16B0003388", 2)])
+    );
+    assert_eq!(
+        of(Split::Test),
+        pairs(&[("18B0005478", 1), ("18B0005478", 2), ("18B0005478", 3)])
+    );
+    for s in &set.samples {
+        assert!(load_image(&s.path).is_ok(), "{}", s.path.display());
+    }
+
+    // A file that is not a workbook is refused with its path.
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.xlsx");
+    std::fs::write(&bad, b"not a spreadsheet").unwrap();
+    let err = slidegrade::dataset::read_sicap_sheet(&bad).unwrap_err();
+    assert!(format!("{err:#}").contains("bad.xlsx"), "{err:#}");
+}

@@ -110,18 +110,8 @@ impl Setup {
             submit: create_key(store, "lis", Role::Submit).unwrap(),
             admin: create_key(store, "ops", Role::Admin).unwrap(),
         };
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(service::run(
-            state.clone(),
-            listener,
-            config.retention,
-            config.shutdown_grace,
-            async {
-                let _ = stopped.await;
-            },
-        ));
+        let common::Running { addr, stop, task } =
+            common::serve_on_loopback(state.clone(), &config).await;
         Server {
             addr,
             state,
@@ -224,7 +214,7 @@ async fn upload_poll_and_fetch_every_output() {
     };
     let (status, result) = json(get(format!("/v1/jobs/{id}/result")).await).await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(result["schema"], "slidegrade.result/1.0");
+    assert_eq!(result["schema"], "slidegrade.result/1.1");
     assert_eq!(result["slide"]["file_name"], "CMU-1-Small-Region.svs");
     for (path, content_type) in [
         ("overlay.png", "image/png"),
@@ -778,5 +768,75 @@ async fn synchronous_grade_within_bounds() {
         0,
         "sync uploads are removed"
     );
+    server.stop().await;
+}
+
+/// Concurrent submissions against a small queue: each answer is a 202 or a 503 with
+/// `Retry-After`, the store holds exactly the jobs answered 202, and every one of them
+/// is graded after a restart with a worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_submissions_to_a_full_queue_lose_no_accepted_job() {
+    let Some(cmu) = slide("CMU-1-Small-Region.svs") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut setup = Setup::new(dir.path());
+    setup.workers = 0; // accept but do not grade: the queue fills
+    setup.queue_capacity = 2;
+    setup.shared_roots = vec![cmu.parent().unwrap().to_path_buf()];
+    let server = setup.start().await;
+    let client = reqwest::Client::new();
+    let submit = || {
+        client
+            .post(server.url("/v1/slides"))
+            .bearer_auth(&server.keys.submit)
+            .json(&serde_json::json!({ "path": cmu }))
+            .send()
+    };
+    let mut burst = tokio::task::JoinSet::new();
+    for _ in 0..24 {
+        let request = submit();
+        burst.spawn(async move {
+            let response = request.await.unwrap();
+            let retry_after = response.headers().get("retry-after").cloned();
+            let (status, body) = json(response).await;
+            (status, retry_after, body)
+        });
+    }
+    let mut accepted = Vec::new();
+    let mut shed = 0;
+    while let Some(answer) = burst.join_next().await {
+        let (status, retry_after, body) = answer.unwrap();
+        match status {
+            StatusCode::ACCEPTED => accepted.push(body["id"].as_str().unwrap().to_string()),
+            StatusCode::SERVICE_UNAVAILABLE => {
+                assert_eq!(body["error_type"], "queue_full", "{body}");
+                assert_eq!(retry_after.unwrap(), "7");
+                shed += 1;
+            }
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    assert_eq!(accepted.len() + shed, 24);
+    assert!(accepted.len() >= 2, "an empty queue of 2 takes at least 2");
+    // Whatever the interleaving, the queue is now at capacity: the next one is shed.
+    let response = submit().await.unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(response.headers()["retry-after"], "7");
+
+    let store = &server.state.jobs.store;
+    assert_eq!(
+        store.list_recent(100).unwrap().len(),
+        accepted.len(),
+        "the store holds exactly the jobs answered 202"
+    );
+    server.stop().await;
+
+    setup.workers = 1;
+    let server = setup.start().await;
+    for id in &accepted {
+        let job = wait_for_job(&client, &server, id).await;
+        assert_eq!(job["state"], "done", "{job}");
+    }
     server.stop().await;
 }

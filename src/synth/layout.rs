@@ -212,12 +212,14 @@ fn dist(a: (f64, f64), b: (f64, f64)) -> f64 {
 
 /// A random layout for a `width_um`×`height_um` slide: 1–3 cores (one per ~5 mm of the
 /// short side) along the long side, each of a random [`CorePattern`]; or, given a
-/// `pattern`, one core of that pattern.
+/// `pattern`, one core of that pattern; or, given a `count`, that many cores packed side by
+/// side (a 12-core biopsy set on one slide covers about 1.5 cm² of a 20 × 15 mm slide).
 pub(crate) fn random_cores(
     width_um: f64,
     height_um: f64,
     seed: u64,
     pattern: Option<CorePattern>,
+    count: Option<usize>,
 ) -> Vec<CoreSpec> {
     let key = layer_key(seed, L_LAYOUT);
     let (long, short, transpose) = if width_um >= height_um {
@@ -225,24 +227,30 @@ pub(crate) fn random_cores(
     } else {
         (height_um, width_um, true)
     };
-    let n = if pattern.is_some() {
-        1
-    } else {
-        ((short / 5000.0).floor() as usize).clamp(1, 3)
+    let n = match (count, pattern) {
+        (Some(n), _) => n.max(1),
+        (None, Some(_)) => 1,
+        (None, None) => ((short / 5000.0).floor() as usize).clamp(1, 3),
     };
     let band = short / n as f64;
+    // Packed cores fill more of their band (real sets are laid close together); sparse ones
+    // leave glass between them.
+    let width_share = if count.is_some() { 0.35 } else { 0.25 };
     (0..n)
         .map(|i| {
             let h = cell_hash(key, i as i64, 0);
             let h2 = rehash(h);
             let pattern =
                 pattern.unwrap_or(CorePattern::ALL[(h2 % CorePattern::ALL.len() as u64) as usize]);
-            let half_width = (0.25 * band).min(450.0) * lerp(0.8, 1.0, unit16(h, 0));
+            let half_width = (width_share * band).min(450.0) * lerp(0.8, 1.0, unit16(h, 0));
             // Keep the round ends (and their wobble) off the slide's edges.
             let usable = long - 2.0 * (half_width * (1.0 + EDGE_WOBBLE) + 0.02 * long);
             let length = usable * lerp(0.8, 1.0, unit16(h, 1));
-            let bend = lerp(-0.3, 0.3, unit16(h, 2));
-            let tilt = lerp(-0.05, 0.05, unit16(h, 3));
+            // Packed cores lie nearly straight: a bend or tilt of a sparse core's size would
+            // carry them across their narrow band, into a neighbour or off the slide.
+            let sway = if count.is_some() { 0.1 } else { 1.0 };
+            let bend = sway * lerp(-0.3, 0.3, unit16(h, 2));
+            let tilt = sway * lerp(-0.05, 0.05, unit16(h, 3));
             let along = 0.5 * long + (usable - length) * lerp(-0.5, 0.5, unit16(h2 >> 8, 0));
             let across = (i as f64 + 0.5) * band;
             let (center, angle) = if transpose {
@@ -691,7 +699,9 @@ mod tests {
                 (1_500.0, 2_000.0)
             };
             let pattern = (seed % 3 == 0).then_some(CorePattern::Gleason45);
-            let cores = random_cores(w, h, seed, pattern);
+            let count = (seed % 4 == 0).then_some(12);
+            let cores = random_cores(w, h, seed, pattern, count);
+            assert_eq!(cores.len(), count.unwrap_or(cores.len()));
             assert!(!cores.is_empty());
             for core in &cores {
                 core.validate().unwrap();

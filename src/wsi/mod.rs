@@ -10,20 +10,25 @@
 //! The geometry (level choice, coordinates, sizes, budgets) lives in [`geometry`] as
 //! pure functions; this file holds the OpenSlide calls, errors and pixel conversion.
 
+pub mod deepzoom;
 pub mod geometry;
+pub mod isolated;
 
 use std::path::{Path, PathBuf};
 
 use fast_image_resize::{FilterType, ResizeAlg, ResizeOptions, Resizer};
 use image::{Rgb, RgbImage};
 use openslide_rs::{Address, OpenSlide, Region, Size, errors::OpenSlideError};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub use geometry::{Level, ReadPlan, RegionRequest, ThumbnailPlan};
 
 /// Errors of the slide layer. Messages are one line and name what to do where possible;
 /// [`SlideError::kind`] gives a stable machine-readable tag.
-#[derive(Debug, thiserror::Error)]
+///
+/// Serde: a decoder child process ([`isolated`]) reports its error to the server as JSON,
+/// so that the error crossing the process boundary is the same variant.
+#[derive(Debug, thiserror::Error, Serialize, Deserialize)]
 pub enum SlideError {
     /// No file at this path.
     #[error("slide not found: {}", .0.display())]
@@ -72,10 +77,52 @@ pub enum SlideError {
         budget: u64,
     },
 
+    /// The whole slide cannot be seen within the read budget: even its coarsest pyramid
+    /// level is over [`ReadLimits::max_pixels`] (a huge single-level file, or a header
+    /// that claims absurd dimensions). Refused before anything is allocated.
+    #[error(
+        "slide of {width}x{height} px has no pyramid level small enough for an overview: \
+         reading its coarsest level needs {requested_pixels} pixels, over the limit of \
+         {budget} per read; save it as a pyramidal slide (with reduced-resolution levels)"
+    )]
+    NoPyramid {
+        /// Level-0 width.
+        width: u32,
+        /// Level-0 height.
+        height: u32,
+        /// Pixels the overview read would need.
+        requested_pixels: u64,
+        /// The configured limit.
+        budget: u64,
+    },
+
+    /// The slide decoder (OpenSlide and its codecs, run in a child process) died or hung
+    /// on this file. Only [`isolated`] reports it; in-process, such a file would have
+    /// taken the whole server down.
+    #[error("the slide decoder crashed on {}: {detail}; the file is damaged or malicious", .path.display())]
+    DecoderCrashed {
+        /// The file.
+        path: PathBuf,
+        /// How it died (signal, timeout) and the last line it printed.
+        detail: String,
+    },
+
+    /// The decoder child process could not be run at all (a server problem, not the
+    /// slide's).
+    #[error("cannot run the slide decoder process: {0}")]
+    DecoderUnavailable(String),
+
     /// A region that is empty or lies entirely outside the slide.
     #[error("invalid region: {detail}")]
     InvalidRegion {
         /// What is wrong with it.
+        detail: String,
+    },
+
+    /// A Deep Zoom level or tile address outside the slide's pyramid.
+    #[error("no such Deep Zoom tile: {detail}")]
+    NoSuchTile {
+        /// Which level or address, and the pyramid's extent.
         detail: String,
     },
 }
@@ -92,6 +139,10 @@ impl SlideError {
             SlideError::InvalidMpp(_) => "invalid_mpp",
             SlideError::TooLarge { .. } => "too_large",
             SlideError::InvalidRegion { .. } => "invalid_region",
+            SlideError::NoPyramid { .. } => "no_pyramid",
+            SlideError::DecoderCrashed { .. } => "decoder_crashed",
+            SlideError::DecoderUnavailable(_) => "decoder_unavailable",
+            SlideError::NoSuchTile { .. } => "tile_not_found",
         }
     }
 }
@@ -286,23 +337,11 @@ impl Slide {
         if let Some(mpp) = mpp_override {
             validate_mpp(mpp)?;
         }
-        if !path.exists() {
-            return Err(SlideError::NotFound(path.to_path_buf()));
-        }
         let unsupported = |detail: String| SlideError::UnsupportedFormat {
             path: path.to_path_buf(),
             detail,
         };
-        let osr = OpenSlide::new(path).map_err(|e| match e {
-            OpenSlideError::MissingFile(p) => SlideError::NotFound(p),
-            OpenSlideError::UnsupportedFile(_) => {
-                unsupported("OpenSlide does not recognize this file format".to_owned())
-            }
-            // Recognised but unreadable (e.g. a DICOM layout OpenSlide does not handle):
-            // OpenSlide's message says why.
-            OpenSlideError::LibraryError(msg) => unsupported(msg),
-            other => unsupported(other.to_string()),
-        })?;
+        let osr = open_openslide(path)?;
 
         let levels = usable_levels(&osr);
         if levels.first().is_none_or(|l| l.index != 0) {
@@ -447,13 +486,38 @@ impl Slide {
     /// The whole slide at `target_mpp` µm/px (e.g. for tissue detection at a fixed
     /// scale); the budget applies as for any read.
     pub fn thumbnail_at_mpp(&self, target_mpp: f64) -> Result<RgbImage> {
+        let plan = self.plan_overview(target_mpp)?;
+        let (w, h) = plan.output_size;
+        self.read_region_at_mpp(0, 0, w, h, target_mpp)
+    }
+
+    /// Plans [`thumbnail_at_mpp`](Self::thumbnail_at_mpp) without reading. A slide whose
+    /// coarsest level is over the budget gets [`SlideError::NoPyramid`], not the
+    /// `TooLarge` of a read the caller could shrink.
+    pub fn plan_overview(&self, target_mpp: f64) -> Result<ReadPlan> {
         let target_mpp = validate_mpp(target_mpp)?;
         let (w, h) = geometry::size_at_mpp(
             self.dimensions(),
             (self.properties.mpp_x, self.properties.mpp_y),
             target_mpp,
         );
-        self.read_region_at_mpp(0, 0, w, h, target_mpp)
+        let output_fits = u64::from(w) * u64::from(h) <= self.limits.max_pixels;
+        self.plan_region(0, 0, w, h, target_mpp)
+            .map_err(|e| match e {
+                SlideError::TooLarge {
+                    requested_pixels,
+                    budget,
+                } if output_fits => {
+                    let (width, height) = self.dimensions();
+                    SlideError::NoPyramid {
+                        width,
+                        height,
+                        requested_pixels,
+                        budget,
+                    }
+                }
+                other => other,
+            })
     }
 
     /// The plan's canvas: white, with the level read pasted at `plan.paste_at`.
@@ -507,6 +571,28 @@ impl Slide {
         RgbImage::from_raw(size.0, size.1, rgb)
             .ok_or_else(|| corrupt(&"OpenSlide returned a buffer of the wrong size"))
     }
+}
+
+/// Opens `path` with OpenSlide, with OpenSlide's errors turned into ours. The one place
+/// that opens a slide file, for [`Slide`] and [`deepzoom::DeepZoom`] alike.
+fn open_openslide(path: &Path) -> Result<OpenSlide> {
+    if !path.exists() {
+        return Err(SlideError::NotFound(path.to_path_buf()));
+    }
+    let unsupported = |detail: String| SlideError::UnsupportedFormat {
+        path: path.to_path_buf(),
+        detail,
+    };
+    OpenSlide::new(path).map_err(|e| match e {
+        OpenSlideError::MissingFile(p) => SlideError::NotFound(p),
+        OpenSlideError::UnsupportedFile(_) => {
+            unsupported("OpenSlide does not recognize this file format".to_owned())
+        }
+        // Recognised but unreadable (e.g. a DICOM layout OpenSlide does not handle):
+        // OpenSlide's message says why.
+        OpenSlideError::LibraryError(msg) => unsupported(msg),
+        other => unsupported(other.to_string()),
+    })
 }
 
 /// Levels OpenSlide reports that can be read (non-empty, finite downsample ≥ 1), with

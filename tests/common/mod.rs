@@ -101,3 +101,31 @@ pub fn mean_abs_diff(a: &image::RgbImage, b: &image::RgbImage) -> f64 {
         .sum();
     sum as f64 / a.as_raw().len() as f64
 }
+
+/// A service running on a free loopback port in the current tokio runtime.
+pub struct Running {
+    pub addr: std::net::SocketAddr,
+    /// Send (or drop) to shut the service down.
+    pub stop: tokio::sync::oneshot::Sender<()>,
+    pub task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+/// Serves `state` with `config`'s retention and grace on 127.0.0.1, port 0.
+pub async fn serve_on_loopback(
+    state: std::sync::Arc<slidegrade::server::AppState>,
+    config: &slidegrade::service::ServiceConfig,
+) -> Running {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(slidegrade::service::run(
+        state,
+        listener,
+        config.retention,
+        config.shutdown_grace,
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    Running { addr, stop, task }
+}
