@@ -30,7 +30,6 @@ use slidegrade::server::{ApiSettings, AppState};
 use slidegrade::service::{self, ServiceConfig};
 use slidegrade::wsi::isolated::Decoder;
 use slidegrade::wsi::{Slide, SlideError};
-use tokio::sync::oneshot;
 
 const BIN: &str = env!("CARGO_BIN_EXE_slidegrade");
 
@@ -75,8 +74,7 @@ fn make_jpeg_zip_polyglot() -> Vec<u8> {
 struct Server {
     addr: SocketAddr,
     state: Arc<AppState>,
-    stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
+    running: common::Running,
     client: reqwest::Client,
 }
 
@@ -112,13 +110,12 @@ async fn start(dir: &Path, workers: usize, decoder_exe: &Path) -> Server {
         shutdown_grace: Duration::from_secs(0),
     };
     let state = service::build(&config).await.unwrap();
-    let common::Running { addr, stop, task } =
-        common::serve_on_loopback(state.clone(), &config).await;
+    let running = common::serve_on_loopback(state.clone(), &config).await;
+    let addr = running.addr;
     Server {
         addr,
         state,
-        stop: Some(stop),
-        task,
+        running,
         client: reqwest::Client::new(),
     }
 }
@@ -188,11 +185,8 @@ impl Server {
         }
     }
 
-    async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        self.task.await.unwrap().unwrap();
+    async fn stop(self) {
+        self.running.shutdown().await;
     }
 }
 

@@ -20,13 +20,11 @@ use slidegrade::jobs::webhook::{SIGNATURE_HEADER, WebhookSettings, sign};
 use slidegrade::pipeline::GradeOptions;
 use slidegrade::server::{ApiSettings, AppState};
 use slidegrade::service::{self, ServiceConfig};
-use tokio::sync::oneshot;
 
 struct Server {
     addr: SocketAddr,
     state: Arc<AppState>,
-    stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
+    running: common::Running,
     keys: Keys,
 }
 
@@ -41,11 +39,8 @@ impl Server {
         format!("http://{}{path}", self.addr)
     }
 
-    async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        self.task.await.unwrap().unwrap();
+    async fn stop(self) {
+        self.running.shutdown().await;
     }
 }
 
@@ -110,13 +105,12 @@ impl Setup {
             submit: create_key(store, "lis", Role::Submit).unwrap(),
             admin: create_key(store, "ops", Role::Admin).unwrap(),
         };
-        let common::Running { addr, stop, task } =
-            common::serve_on_loopback(state.clone(), &config).await;
+        let running = common::serve_on_loopback(state.clone(), &config).await;
+        let addr = running.addr;
         Server {
             addr,
             state,
-            stop: Some(stop),
-            task,
+            running,
             keys,
         }
     }

@@ -23,15 +23,13 @@ use slidegrade::pipeline::GradeOptions;
 use slidegrade::server::{ApiSettings, AppState};
 use slidegrade::service::{self, ServiceConfig};
 use slidegrade::wsi::Slide;
-use tokio::sync::oneshot;
 
 const CMU: &str = "CMU-1-Small-Region.svs";
 
 struct Server {
     addr: SocketAddr,
     state: Arc<AppState>,
-    stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
+    running: common::Running,
     read: String,
     submit: String,
     admin: String,
@@ -60,13 +58,12 @@ impl Server {
         let read = create_key(store, "viewer", Role::Read).unwrap();
         let submit = create_key(store, "lis", Role::Submit).unwrap();
         let admin = create_key(store, "ops", Role::Admin).unwrap();
-        let common::Running { addr, stop, task } =
-            common::serve_on_loopback(state.clone(), &config).await;
+        let running = common::serve_on_loopback(state.clone(), &config).await;
+        let addr = running.addr;
         Server {
             addr,
             state,
-            stop: Some(stop),
-            task,
+            running,
             read,
             submit,
             admin,
@@ -86,11 +83,8 @@ impl Server {
             .unwrap()
     }
 
-    async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        self.task.await.unwrap().unwrap();
+    async fn stop(self) {
+        self.running.shutdown().await;
     }
 }
 

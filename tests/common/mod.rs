@@ -129,3 +129,11 @@ pub async fn serve_on_loopback(
     ));
     Running { addr, stop, task }
 }
+
+impl Running {
+    /// Stops the service and waits for it, failing the test if it ended in error.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(());
+        self.task.await.unwrap().unwrap();
+    }
+}
