@@ -55,6 +55,10 @@ pub struct EngineConfig {
     pub cuda_device_id: i32,
     /// ONNX Runtime intra-op threads per session (0 = ONNX Runtime's default).
     pub intra_threads: usize,
+    /// Let idle intra-op threads spin-wait for the next batch (ONNX Runtime's default).
+    /// Off by default: spinning threads take the cores from the slide reader that feeds
+    /// the engine, and from other sessions.
+    pub intra_spinning: bool,
     /// Sessions per model in an [`EnginePool`]; each can run one batch at a time.
     pub sessions: usize,
 }
@@ -66,6 +70,7 @@ impl Default for EngineConfig {
             require_cuda: false,
             cuda_device_id: 0,
             intra_threads: 0,
+            intra_spinning: false,
             sessions: 1,
         }
     }
@@ -88,6 +93,10 @@ pub struct EngineArgs {
     /// On a shared host, sessions × threads should not exceed the cores.
     #[arg(long, env = "SLIDEGRADE_INTRA_THREADS", default_value_t = 0)]
     pub intra_threads: usize,
+    /// Let idle ONNX Runtime threads spin-wait for work. Lowers latency when a session
+    /// has the machine to itself; costs the slide reader and other sessions CPU.
+    #[arg(long, env = "SLIDEGRADE_INTRA_SPINNING")]
+    pub intra_spinning: bool,
     /// Sessions per model: how many batches of one model can run at once.
     #[arg(long, env = "SLIDEGRADE_SESSIONS_PER_MODEL", default_value_t = 1)]
     pub sessions_per_model: usize,
@@ -106,6 +115,7 @@ impl EngineArgs {
             require_cuda: self.require_cuda,
             cuda_device_id: self.cuda_device,
             intra_threads: self.intra_threads,
+            intra_spinning: self.intra_spinning,
             sessions: self.sessions_per_model,
         })
     }
@@ -216,6 +226,8 @@ impl OrtEngine {
             let mut b = Session::builder(env)
                 .map_err(session_error)?
                 .with_optimization_level(GraphOptimizationLevel::Level3)
+                .map_err(|e| session_error(e.into()))?
+                .with_intra_op_spinning(config.intra_spinning)
                 .map_err(|e| session_error(e.into()))?;
             if config.intra_threads > 0 {
                 b = b

@@ -146,6 +146,11 @@ struct GradeArgs {
     /// Minimum share of tissue (0–1) for a tile to be graded.
     #[arg(long, env = "SLIDEGRADE_MIN_TISSUE", default_value_t = 0.25)]
     min_tissue: f64,
+    /// Each tile counts as the most probable class of the mean over its neighbours
+    /// within this many tiles; 0 takes each tile's own most probable class. Removes
+    /// isolated single-tile calls, which the grading rule would otherwise report.
+    #[arg(long, env = "SLIDEGRADE_SMOOTHING_RADIUS", default_value_t = 1)]
+    smoothing_radius: u32,
     /// Batches the slide reader may prepare ahead of inference.
     #[arg(long, default_value_t = 4)]
     read_ahead: usize,
@@ -233,6 +238,11 @@ struct ServeArgs {
     /// Minimum share of tissue (0–1) for a tile to be graded.
     #[arg(long, env = "SLIDEGRADE_MIN_TISSUE", default_value_t = 0.25)]
     min_tissue: f64,
+    /// Each tile counts as the most probable class of the mean over its neighbours
+    /// within this many tiles; 0 takes each tile's own most probable class. Removes
+    /// isolated single-tile calls, which the grading rule would otherwise report.
+    #[arg(long, env = "SLIDEGRADE_SMOOTHING_RADIUS", default_value_t = 1)]
+    smoothing_radius: u32,
     #[command(flatten)]
     engine: EngineArgs,
 }
@@ -454,6 +464,7 @@ fn grade(args: GradeArgs) -> anyhow::Result<()> {
         batch_size: args.batch_size.max(1),
         read_ahead: args.read_ahead.max(1),
         min_tissue: args.min_tissue,
+        smoothing_radius: args.smoothing_radius,
         mpp_override: args.mpp,
         ..pipeline::GradeOptions::default()
     };
@@ -585,6 +596,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             grade: pipeline::GradeOptions {
                 batch_size: args.batch_size.max(1),
                 min_tissue: args.min_tissue,
+                smoothing_radius: args.smoothing_radius,
                 decoder: if args.decode_in_process {
                     None
                 } else {

@@ -31,6 +31,9 @@ pub struct GradeOptions {
     pub read_ahead: usize,
     /// A tile is graded when at least this share of it is tissue.
     pub min_tissue: f64,
+    /// A tile counts as the most probable class of the mean over its neighbours within
+    /// this many tiles (0 = its own argmax); see [`grading::tile_classes`].
+    pub smoothing_radius: u32,
     /// µm/px to use when the slide does not state it.
     pub mpp_override: Option<f64>,
     pub tissue: TissueParams,
@@ -50,6 +53,7 @@ impl Default for GradeOptions {
             batch_size: 16,
             read_ahead: 4,
             min_tissue: 0.25,
+            smoothing_radius: 1,
             mpp_override: None,
             tissue: TissueParams::default(),
             max_thumbnail_side: 2048,
@@ -118,13 +122,18 @@ pub struct Graded {
     pub outcome: Outcome,
     pub slide: SlideProperties,
     pub grade: Option<Grade>,
-    /// Tissue area per class (argmax of each tile), mm².
+    /// Tissue area per class (each tile's tissue goes to its class in `tile_classes`),
+    /// mm².
     pub class_areas_mm2: BTreeMap<String, f64>,
     /// Tissue-weighted mean of each tile's top probability, 0–1.
     pub confidence: Option<f64>,
     pub tissue_area_mm2: f64,
     pub grid: TileGrid,
     pub tiles: Vec<(TileSpec, TileOutput)>,
+    /// The class index each of `tiles` counts as, after neighbourhood smoothing.
+    pub tile_classes: Vec<usize>,
+    /// The smoothing radius used, in tiles.
+    pub smoothing_radius: u32,
     pub heatmaps: Heatmaps,
     pub thumbnail: RgbImage,
     /// Level-0 pixels per thumbnail pixel.
@@ -155,15 +164,21 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-/// µm/px of the thumbnail: fine enough that a tile spans at least 8 mask pixels (and at
-/// most 4 µm/px, for a useful overlay), coarse enough that its longer side stays within
-/// `max_side`, and never finer than level 0.
+/// The overlay's longer side is at least this many pixels where the slide allows.
+const MIN_OVERLAY_SIDE: u32 = 1024;
+
+/// µm/px of the thumbnail used for tissue detection and the overlay: fine enough that a
+/// tile spans at least 8 mask pixels and that the overlay's longer side has at least
+/// [`MIN_OVERLAY_SIDE`] pixels, otherwise as coarse as possible (and within `max_side`,
+/// and never finer than level 0). Coarse matters: reading and detection grow with the
+/// thumbnail's pixels, and on a 40× slide a 2048-px thumbnail read from the 4 µm/px level
+/// was 46% of the 1.25× Student's time; at 16 µm/px it is a level of the usual pyramid.
 fn thumbnail_mpp(props: &SlideProperties, tile_um: f64, max_side: u32) -> f64 {
     let (w, h) = props.levels.first().map_or((1, 1), |l| (l.width, l.height));
     let extent_um = (f64::from(w) * props.mpp_x).max(f64::from(h) * props.mpp_y);
     let level0 = props.mpp_x.max(props.mpp_y);
     (tile_um / 8.0)
-        .min(4.0)
+        .min(extent_um / f64::from(MIN_OVERLAY_SIDE))
         .max(extent_um / f64::from(max_side.max(1)))
         .max(level0)
 }
@@ -254,18 +269,7 @@ pub fn grade_slide(
         scope.spawn(move || {
             for chunk in grid.tiles.chunks(options.batch_size.max(1)) {
                 let t = Instant::now();
-                let images: Result<Vec<RgbImage>, SlideError> = chunk
-                    .iter()
-                    .map(|tile| {
-                        slide.read_region_at_mpp(
-                            tile.x.round() as i64,
-                            tile.y.round() as i64,
-                            tile_px,
-                            tile_px,
-                            model_mpp,
-                        )
-                    })
-                    .collect();
+                let images = read_tiles(slide, chunk, tile_px, model_mpp);
                 let failed = images.is_err();
                 let batch = images.map(|images| (chunk.to_vec(), images, t.elapsed()));
                 // A closed channel means the consumer gave up; stop reading.
@@ -297,22 +301,22 @@ pub fn grade_slide(
     times.infer_ms = ms(infer);
     times.stitch_ms = ms(stitch);
 
-    // Areas: each tile's tissue goes to its most probable class.
+    // Areas: each tile's tissue goes to its class after neighbourhood smoothing.
+    let specs: Vec<TileSpec> = tiles.iter().map(|(spec, _)| *spec).collect();
+    let probabilities: Vec<&[f32]> = tiles
+        .iter()
+        .map(|(_, output)| output.probabilities.as_slice())
+        .collect();
+    let tile_classes = grading::tile_classes(&specs, &probabilities, options.smoothing_radius);
     let um2_per_px = props.mpp_x * props.mpp_y;
     let mut class_areas_mm2: BTreeMap<String, f64> =
         manifest.classes.iter().map(|c| (c.clone(), 0.0)).collect();
     let mut areas = PatternAreas::default();
     let mut confidence_sum = 0.0;
     let mut tissue_area_mm2 = 0.0;
-    for (spec, output) in &tiles {
+    for ((spec, output), &best) in tiles.iter().zip(&tile_classes) {
         let area = spec.tissue_fraction * spec.side * spec.side * um2_per_px / 1e6;
-        let (best, p) = output
-            .probabilities
-            .iter()
-            .copied()
-            .enumerate()
-            .max_by(|a, b| a.1.total_cmp(&b.1))
-            .unwrap_or((0, 0.0));
+        let p = output.probabilities.get(best).copied().unwrap_or(0.0);
         *class_areas_mm2
             .entry(manifest.classes[best].clone())
             .or_default() += area;
@@ -341,11 +345,41 @@ pub fn grade_slide(
         tissue_area_mm2,
         grid,
         tiles,
+        tile_classes,
+        smoothing_radius: options.smoothing_radius,
         heatmaps,
         thumbnail,
         thumbnail_downsample,
         times,
     })
+}
+
+/// Reads `tiles` (row-major, as the grid lists them) at `mpp`, `tile_px` square each.
+/// Each run of horizontally adjacent tiles is one read, cut into tiles afterwards: one
+/// OpenSlide call per run instead of per tile, which matters at low magnification where a
+/// tile is a few level pixels and the call's own cost dominates.
+fn read_tiles(
+    slide: &Slide,
+    tiles: &[TileSpec],
+    tile_px: u32,
+    mpp: f64,
+) -> Result<Vec<RgbImage>, SlideError> {
+    let mut images = Vec::with_capacity(tiles.len());
+    for run in tiles.chunk_by(|a, b| a.row == b.row && a.col + 1 == b.col) {
+        let first = &run[0];
+        let count = run.len() as u32;
+        let strip = slide.read_region_at_mpp(
+            first.x.round() as i64,
+            first.y.round() as i64,
+            tile_px * count,
+            tile_px,
+            mpp,
+        )?;
+        images.extend((0..count).map(|i| {
+            image::imageops::crop_imm(&strip, i * tile_px, 0, tile_px, tile_px).to_image()
+        }));
+    }
+    Ok(images)
 }
 
 /// Runs every batch from the reader through the engine, in order.
@@ -399,11 +433,20 @@ mod tests {
 
     #[test]
     fn thumbnail_resolution_balances_detail_and_size() {
-        // Small slide, coarse model: 4 µm/px cap.
-        assert_eq!(thumbnail_mpp(&props(2220, 2967, 0.5), 512.0, 2048), 4.0);
-        // Huge slide: the size cap wins (80,000 px × 0.25 µm = 20 mm over 2048 px).
+        let close = |a: f64, b: f64| (a - b).abs() < 1e-9;
+        // Small slide: the overlay keeps 1024 px on its longer side (1483.5 µm / 1024).
+        let m = thumbnail_mpp(&props(2220, 2967, 0.5), 512.0, 2048);
+        assert!(close(m, 2967.0 * 0.5 / 1024.0), "{m}");
+        // 40× slide, 128 µm tiles: 8 mask pixels per tile, 16 µm/px (a pyramid level),
+        // not the 9.8 µm/px of a 2048-px thumbnail.
+        let m = thumbnail_mpp(&props(80_000, 60_000, 0.25), 128.0, 2048);
+        assert!(close(m, 16.0), "{m}");
+        // Large tiles: the overlay's 1024 px bound wins (20 mm over 1024 px).
         let m = thumbnail_mpp(&props(80_000, 60_000, 0.25), 512.0, 2048);
-        assert!((m - 20_000.0 / 2048.0).abs() < 1e-9);
+        assert!(close(m, 20_000.0 / 1024.0), "{m}");
+        // A small size cap wins over both.
+        let m = thumbnail_mpp(&props(80_000, 60_000, 0.25), 128.0, 512);
+        assert!(close(m, 20_000.0 / 512.0), "{m}");
         // Never finer than level 0.
         assert_eq!(thumbnail_mpp(&props(100, 100, 8.0), 512.0, 2048), 8.0);
     }

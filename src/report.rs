@@ -24,7 +24,7 @@ use crate::wsi::SlideProperties;
 
 /// Version of `result.json`. Bump the major part on any incompatible change, the minor
 /// part when fields are added (1.1: `heatmap`).
-pub const RESULT_SCHEMA: &str = "slidegrade.result/1.1";
+pub const RESULT_SCHEMA: &str = "slidegrade.result/1.2";
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ModelIdentity {
@@ -53,6 +53,9 @@ pub struct TileSummary {
     /// Tiles with enough tissue, all inferred.
     pub inferred: usize,
     pub min_tissue: f64,
+    /// Neighbourhood radius, in tiles, of the smoothing that decides each tile's class
+    /// for the areas and the grade (0 = none).
+    pub smoothing_radius: u32,
 }
 
 /// Where the `heatmap_<class>.png` images lie on the slide, so that a viewer can lay
@@ -193,6 +196,7 @@ pub fn build_report(
             grid: u64::from(graded.grid.cols) * u64::from(graded.grid.rows),
             inferred: graded.tiles.len(),
             min_tissue,
+            smoothing_radius: graded.smoothing_radius,
         },
         heatmap: HeatmapGeometry::of(&graded.heatmaps, &graded.slide),
         timings_ms: graded.times.clone(),
@@ -253,17 +257,35 @@ pub fn write_outputs(
     };
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     let classes = &report.model.classes;
-    render::write_heatmaps(dir, &graded.heatmaps)?;
-    render::write_overlay(
-        &dir.join("overlay.png"),
-        &graded.thumbnail,
-        graded.thumbnail_downsample,
-        &graded.heatmaps,
-        overlay_class(report),
-        &caption(report),
-    )?;
-    render::write_tiles_csv(&dir.join("tiles.csv"), classes, &graded.tiles)?;
-    render::write_tiles_geojson(&dir.join("tiles.geojson"), classes, &graded.tiles)?;
+    let (overlay_class, caption) = (overlay_class(report), caption(report));
+    // Images on one thread, tables on another: the two halves take similar time.
+    let (images, tables) = std::thread::scope(|scope| {
+        let tables = scope.spawn(|| -> Result<(), RenderError> {
+            render::write_tiles_csv(&dir.join("tiles.csv"), classes, &graded.tiles)?;
+            render::write_tiles_geojson(
+                &dir.join("tiles.geojson"),
+                classes,
+                &graded.tiles,
+                &graded.tile_classes,
+            )
+        });
+        let images = render::write_heatmaps(dir, &graded.heatmaps).and_then(|_| {
+            render::write_overlay(
+                &dir.join("overlay.png"),
+                &graded.thumbnail,
+                graded.thumbnail_downsample,
+                &graded.heatmaps,
+                overlay_class,
+                &caption,
+            )
+        });
+        let tables = tables
+            .join()
+            .unwrap_or_else(|_| Err(RenderError::BadInput("the table writer panicked".into())));
+        (images, tables)
+    });
+    images?;
+    tables?;
     report.timings_ms.write_ms = t.elapsed().as_secs_f64() * 1000.0;
     report.timings_ms.total_ms += report.timings_ms.write_ms;
     let path = dir.join("result.json");

@@ -89,6 +89,7 @@ fn synthetic_set_is_deterministic_and_reused() {
         mpp: 4.0,
         seed: 3,
         threads: 2,
+        edge_share: 0.25,
     };
     let a = generate(&cfg).unwrap();
     assert!(a.synthetic);

@@ -208,7 +208,7 @@ async fn upload_poll_and_fetch_every_output() {
     };
     let (status, result) = json(get(format!("/v1/jobs/{id}/result")).await).await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(result["schema"], "slidegrade.result/1.1");
+    assert_eq!(result["schema"], "slidegrade.result/1.2");
     assert_eq!(result["slide"]["file_name"], "CMU-1-Small-Region.svs");
     for (path, content_type) in [
         ("overlay.png", "image/png"),

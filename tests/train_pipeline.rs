@@ -73,6 +73,7 @@ fn teacher_and_distilled_student_train_export_and_resume() {
         mpp: 2.0,
         seed: 5,
         threads: 2,
+        edge_share: 0.0,
     })
     .unwrap();
     let splits = load_splits(&data, 32).unwrap();

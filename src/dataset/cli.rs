@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 
-use super::synthetic::{SynthSetConfig, generate};
+use super::synthetic::{DEFAULT_EDGE_SHARE, SynthSetConfig, generate};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum DataCommand {
@@ -38,6 +38,9 @@ pub struct SynthArgs {
     /// Worker threads (0 = all cores).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
+    /// Share of each class's patches drawn at the rim of a core, part glass (0–1).
+    #[arg(long, default_value_t = DEFAULT_EDGE_SHARE)]
+    pub edge_share: f64,
 }
 
 impl SynthArgs {
@@ -51,6 +54,7 @@ impl SynthArgs {
             mpp: self.mpp,
             seed: self.seed,
             threads: self.threads,
+            edge_share: self.edge_share,
         }
     }
 }

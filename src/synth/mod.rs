@@ -131,9 +131,72 @@ pub fn render_region(
     render::render_with(|_, _| Some(class), origin_um, width, height, mpp, seed)
 }
 
+/// Where a core ends inside a patch: tissue lies inside a circle of `radius_um` whose
+/// edge crosses the patch, glass outside it. Real tiles at the rim of a biopsy core look
+/// like this, and a model that has only seen all-tissue patches reads the glass as lumina.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CoreEdge {
+    /// Direction from the tissue towards the glass, in radians.
+    pub angle: f64,
+    /// Where the edge crosses the line through the patch centre along `angle`, as a
+    /// fraction of the patch side from the centre (−0.5 … 0.5; positive = more tissue).
+    pub offset: f64,
+    /// Curvature radius of the edge in µm (a core's half-width at its end, more along
+    /// its sides).
+    pub radius_um: f64,
+}
+
+impl CoreEdge {
+    /// A random edge from `seed`: any direction, 10–90% tissue, radius 300–3000 µm.
+    pub fn random(seed: u64) -> CoreEdge {
+        let unit = |shift: u32| ((seed.rotate_left(shift) >> 11) as f64) / (1u64 << 53) as f64;
+        CoreEdge {
+            angle: unit(7) * std::f64::consts::TAU,
+            offset: (unit(29) - 0.5) * 0.8,
+            radius_um: 300.0 + unit(47) * 2700.0,
+        }
+    }
+}
+
+/// [`render_patch`] at the rim of a core: `class` tissue on one side of `edge`, glass on
+/// the other. The tissue is the same as [`render_patch`]'s where it is present.
+///
+/// # Panics
+/// If `mpp` is not finite and positive.
+pub fn render_edge_patch(
+    class: Class,
+    origin_um: (f64, f64),
+    size_px: u32,
+    mpp: f64,
+    seed: u64,
+    edge: CoreEdge,
+) -> RgbImage {
+    let side_um = f64::from(size_px) * mpp;
+    let (nx, ny) = (edge.angle.cos(), edge.angle.sin());
+    // The circle's centre lies behind the edge, on the tissue side.
+    let back = edge.radius_um - edge.offset * side_um;
+    let centre = (
+        origin_um.0 + side_um / 2.0 - nx * back,
+        origin_um.1 + side_um / 2.0 - ny * back,
+    );
+    let r2 = edge.radius_um * edge.radius_um;
+    render::render_with(
+        |x, y| {
+            let (dx, dy) = (x - centre.0, y - centre.1);
+            (dx * dx + dy * dy < r2).then_some(class)
+        },
+        origin_um,
+        size_px,
+        size_px,
+        mpp,
+        seed,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use image::Rgb;
 
     #[test]
     fn class_names_round_trip() {
@@ -145,5 +208,35 @@ mod tests {
         assert_eq!(Class::from_index(4), None);
         assert_eq!(serde_json::to_string(&Class::Nc).unwrap(), "\"NC\"");
         assert_eq!(serde_json::from_str::<Class>("\"G5\"").unwrap(), Class::G5);
+    }
+
+    #[test]
+    fn edge_patches_hold_tissue_and_glass_on_the_right_sides() {
+        let glass = Rgb(GLASS);
+        let origin = (1000.0, 1000.0);
+        // Edge facing +x through the centre, nearly straight: left half tissue.
+        let edge = CoreEdge {
+            angle: 0.0,
+            offset: 0.0,
+            radius_um: 1e6,
+        };
+        let img = render_edge_patch(Class::G3, origin, 64, 1.0, 5, edge);
+        let full = render_patch(Class::G3, origin, 64, 1.0, 5);
+        let glass_px = |x0: u32, x1: u32| {
+            (0..64)
+                .flat_map(|y| (x0..x1).map(move |x| (x, y)))
+                .filter(|&(x, y)| *img.get_pixel(x, y) == glass)
+                .count()
+        };
+        assert_eq!(glass_px(0, 31), 0, "left of the edge is tissue");
+        assert_eq!(glass_px(33, 64), 31 * 64, "right of the edge is glass");
+        // Where tissue is present it is the ordinary patch's tissue.
+        assert_eq!(img.get_pixel(10, 20), full.get_pixel(10, 20));
+        for seed in 0..200 {
+            let e = CoreEdge::random(seed);
+            assert!((0.0..std::f64::consts::TAU).contains(&e.angle));
+            assert!((-0.4..=0.4).contains(&e.offset));
+            assert!((300.0..=3000.0).contains(&e.radius_um));
+        }
     }
 }

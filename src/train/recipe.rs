@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
@@ -214,6 +214,7 @@ pub fn load_data(cfg: &RecipeConfig) -> Result<DataSet> {
             mpp: cfg.teacher_mpp,
             seed: *seed,
             threads: 0,
+            edge_share: crate::dataset::synthetic::DEFAULT_EDGE_SHARE,
         }),
         DataSource::Files { path, layout } => DataSet::load(path, *layout),
     }
@@ -458,7 +459,8 @@ pub fn run(cfg: &RecipeConfig) -> Result<Vec<RunRecord>> {
         cfg.out.join("runs.json"),
         serde_json::to_string_pretty(&records)?,
     )?;
-    let text = results_markdown(cfg, &data, &records, started.elapsed().as_secs_f64());
+    let mut text = results_markdown(cfg, &data, &records, started.elapsed().as_secs_f64());
+    text.push_str(&hand_written_part(&cfg.results));
     std::fs::write(&cfg.results, text)
         .with_context(|| format!("cannot write {}", cfg.results.display()))?;
     eprintln!(
@@ -467,6 +469,22 @@ pub fn run(cfg: &RecipeConfig) -> Result<Vec<RunRecord>> {
         started.elapsed().as_secs_f64()
     );
     Ok(records)
+}
+
+/// Starts the part of `RESULTS.md` that people write; a rerun keeps it.
+pub const HAND_WRITTEN_MARKER: &str = "<!-- written by hand below; the recipe keeps it -->";
+
+/// The hand-written tail of an existing results file, from [`HAND_WRITTEN_MARKER`] on
+/// (empty when there is no file or no marker), so that rerunning the recipe refreshes the
+/// tables without deleting the analysis beneath them.
+pub fn hand_written_part(results: &Path) -> String {
+    std::fs::read_to_string(results)
+        .ok()
+        .and_then(|text| {
+            text.find(HAND_WRITTEN_MARKER)
+                .map(|at| format!("\n{}", &text[at..]))
+        })
+        .unwrap_or_default()
 }
 
 fn cell(values: &[f64]) -> String {
@@ -582,4 +600,30 @@ pub fn results_markdown(
     );
     let _ = writeln!(s, "\n## Command\n\n```sh\n{}\n```", cfg.command);
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rerun_keeps_the_hand_written_analysis() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("RESULTS.md");
+        assert_eq!(hand_written_part(&path), "", "no file yet");
+        std::fs::write(&path, "# Results\n| table |\n").unwrap();
+        assert_eq!(hand_written_part(&path), "", "no marker");
+        std::fs::write(
+            &path,
+            format!("# Results\n| old table |\n\n{HAND_WRITTEN_MARKER}\n## Analysis\nAT+ helps.\n"),
+        )
+        .unwrap();
+        let kept = hand_written_part(&path);
+        assert!(
+            kept.starts_with(&format!("\n{HAND_WRITTEN_MARKER}")),
+            "{kept}"
+        );
+        assert!(kept.ends_with("## Analysis\nAT+ helps.\n"), "{kept}");
+        assert!(!kept.contains("old table"));
+    }
 }
