@@ -34,6 +34,8 @@ pub enum ApiError {
     PayloadTooLarge(String),
     #[error("the job queue is full ({queued} queued); retry later")]
     QueueFull { queued: u64, retry_after_secs: u64 },
+    #[error("the server is shutting down and takes no new jobs; retry later")]
+    ShuttingDown { retry_after_secs: u64 },
     #[error("Idempotency-Key was already used with a different request")]
     IdempotencyConflict,
     #[error("{0}")]
@@ -67,6 +69,7 @@ impl ApiError {
             ApiError::PathForbidden => "path_forbidden",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
             ApiError::QueueFull { .. } => "queue_full",
+            ApiError::ShuttingDown { .. } => "shutting_down",
             ApiError::IdempotencyConflict => "idempotency_conflict",
             ApiError::NotReady(_) => "not_ready",
             ApiError::NoModels => "no_models",
@@ -87,7 +90,9 @@ impl ApiError {
             ApiError::Unauthenticated | ApiError::InvalidKey => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden { .. } | ApiError::PathForbidden => StatusCode::FORBIDDEN,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::QueueFull { .. } | ApiError::NoModels => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::QueueFull { .. } | ApiError::ShuttingDown { .. } | ApiError::NoModels => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::IdempotencyConflict | ApiError::NotReady(_) => StatusCode::CONFLICT,
             ApiError::Slide(e) => ApiError::status_of_slide(e),
             ApiError::Grade(e) => match e {
@@ -140,7 +145,8 @@ impl IntoResponse for ApiError {
         match &self {
             ApiError::QueueFull {
                 retry_after_secs, ..
-            } => {
+            }
+            | ApiError::ShuttingDown { retry_after_secs } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
             }
             ApiError::Unauthenticated | ApiError::InvalidKey => {

@@ -724,7 +724,7 @@ fn job_view(job: &Job) -> serde_json::Value {
     value
 }
 
-#[utoipa::path(post, path = "/v1/slides", tag = "jobs", description = "Submit a slide for grading: multipart (`slide` file + optional `model`, `mpp`, `accession_number`, `specimen_id`, `callback_url` fields) or JSON `{\"path\": ..., ...}` under a shared root. Honours `Idempotency-Key`. Role: submit.", responses((status = 202, description = "accepted; Location names the job"), (status = 400, description = "malformed request"), (status = 403, description = "path outside the shared roots, or role too low"), (status = 409, description = "Idempotency-Key reused with a different request"), (status = 413, description = "upload too large"), (status = 422, description = "not a readable slide, or no µm/px"), (status = 503, description = "queue full; see Retry-After")))]
+#[utoipa::path(post, path = "/v1/slides", tag = "jobs", description = "Submit a slide for grading: multipart (`slide` file + optional `model`, `mpp`, `accession_number`, `specimen_id`, `callback_url` fields) or JSON `{\"path\": ..., ...}` under a shared root. Honours `Idempotency-Key`. Role: submit.", responses((status = 202, description = "accepted; Location names the job"), (status = 400, description = "malformed request"), (status = 403, description = "path outside the shared roots, or role too low"), (status = 409, description = "Idempotency-Key reused with a different request"), (status = 413, description = "upload too large"), (status = 422, description = "not a readable slide, or no µm/px"), (status = 503, description = "queue full, or the server is shutting down; see Retry-After")))]
 async fn submit_slide(
     State(state): State<Arc<AppState>>,
     request: Request,
@@ -740,6 +740,12 @@ async fn submit_slide(
             retry_after_secs: state.api.retry_after_secs,
         })
     };
+    let shutting_down = || ApiError::ShuttingDown {
+        retry_after_secs: state.api.retry_after_secs,
+    };
+    if !state.jobs.is_accepting() {
+        return Err(shutting_down());
+    }
     if !state.jobs.has_room()? {
         return Err(queue_full(&state)?);
     }
@@ -759,6 +765,10 @@ async fn submit_slide(
         callback_url: o.callback_url.clone(),
     };
     let hash = request_hash(&slide);
+    if !state.jobs.is_accepting() {
+        slide.discard();
+        return Err(shutting_down());
+    }
     if !state.jobs.has_room()? {
         slide.discard();
         return Err(queue_full(&state)?);

@@ -84,8 +84,12 @@ pub async fn run(
     ));
 
     let signal_tx = stop_tx.clone();
+    let accepting = state.jobs.clone();
     let served = server::run(listener, state.clone(), async move {
         shutdown.await;
+        // Before the log line: the server still answers the connections it holds, and
+        // from here on their submissions get 503 `shutting_down`.
+        accepting.stop_accepting();
         tracing::info!("shutting down: no new requests or jobs");
         let _ = signal_tx.send(true);
     })

@@ -834,3 +834,34 @@ async fn concurrent_submissions_to_a_full_queue_lose_no_accepted_job() {
     }
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submissions_during_shutdown_get_503_shutting_down() {
+    let Some(cmu) = slide("CMU-1-Small-Region.svs") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut setup = Setup::new(dir.path());
+    setup.workers = 0;
+    setup.shared_roots = vec![cmu.parent().unwrap().to_path_buf()];
+    let server = setup.start().await;
+    // What the service does first when a shutdown signal arrives, while the HTTP server
+    // still answers the connections it holds.
+    server.state.jobs.stop_accepting();
+    let response = reqwest::Client::new()
+        .post(server.url("/v1/slides"))
+        .bearer_auth(&server.keys.submit)
+        .json(&serde_json::json!({ "path": cmu }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["retry-after"], "7");
+    let (status, body) = json(response).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["error_type"], "shutting_down", "{body}");
+    assert!(
+        server.state.jobs.store.list_recent(10).unwrap().is_empty(),
+        "nothing was queued"
+    );
+    server.stop().await;
+}

@@ -187,10 +187,14 @@ fn sigterm_exits_cleanly_refuses_work_and_requeues_for_the_next_start() {
     server.wait_for_log("shutting down: no new requests or jobs");
 
     // After the server said it stops taking work, a submission is not accepted: the
-    // listener is closed (connect or read fails) or the answer is not 202.
+    // listener is closed (connect or read fails), or the server still holds the
+    // connection and answers 503 `shutting_down`.
     match submit(server.addr, &cmu) {
         Err(_) => {}
-        Ok((status, body)) => assert_ne!(status, 202, "accepted during shutdown: {body}"),
+        Ok((status, body)) => {
+            assert_eq!(status, 503, "accepted during shutdown: {body}");
+            assert_eq!(body["error_type"], "shutting_down", "{body}");
+        }
     }
 
     let status = server.wait_for_exit();

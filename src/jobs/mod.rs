@@ -84,6 +84,9 @@ pub struct Jobs {
     pub settings: JobSettings,
     wake: Notify,
     running: Mutex<HashMap<String, Running>>,
+    /// Cleared when shutdown starts: submissions are refused from then on, even while
+    /// the HTTP server still finishes the connections it has.
+    accepting: AtomicBool,
 }
 
 impl Jobs {
@@ -94,6 +97,7 @@ impl Jobs {
             settings,
             wake: Notify::new(),
             running: Mutex::new(HashMap::new()),
+            accepting: AtomicBool::new(true),
         })
     }
 
@@ -108,6 +112,16 @@ impl Jobs {
     /// Whether the queue can take another job.
     pub fn has_room(&self) -> Result<bool, store::StoreError> {
         Ok(self.store.count_in_state(JobState::Queued)? < self.settings.queue_capacity)
+    }
+
+    /// Whether new jobs are taken (false once shutdown has started).
+    pub fn is_accepting(&self) -> bool {
+        self.accepting.load(Ordering::SeqCst)
+    }
+
+    /// Refuses new jobs from now on (shutdown).
+    pub fn stop_accepting(&self) {
+        self.accepting.store(false, Ordering::SeqCst);
     }
 
     /// Wakes a worker after a job was queued.
