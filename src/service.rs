@@ -38,11 +38,18 @@ pub fn store_path(data_dir: &std::path::Path) -> PathBuf {
 /// Opens the store, requeues jobs a dead process left running, and loads the models.
 pub async fn build(config: &ServiceConfig) -> Result<Arc<AppState>, StoreError> {
     let store = Arc::new(Store::open(&store_path(&config.data_dir))?);
-    let requeued = store.requeue_running()?;
-    if requeued > 0 {
+    let recovered = store.recover_interrupted(crate::jobs::MAX_ATTEMPTS)?;
+    if recovered.requeued > 0 {
         tracing::warn!(
-            requeued,
+            requeued = recovered.requeued,
             "jobs left running by a previous process were queued again"
+        );
+    }
+    if recovered.failed > 0 {
+        tracing::error!(
+            failed = recovered.failed,
+            max_attempts = crate::jobs::MAX_ATTEMPTS,
+            "jobs interrupted on every attempt were failed as `interrupted`"
         );
     }
     let (dir, engine) = (config.models_dir.clone(), config.engine.clone());

@@ -78,6 +78,11 @@ pub struct JobSettings {
     pub webhook: webhook::WebhookSettings,
 }
 
+/// Starts a job may have. A job still `running` when a process starts was interrupted by
+/// a crash; after this many starts it fails as `interrupted` instead of going back in the
+/// queue (see [`store::Store::recover_interrupted`]).
+pub const MAX_ATTEMPTS: u32 = 3;
+
 pub struct Jobs {
     pub store: Arc<Store>,
     pub models: Arc<Models>,

@@ -253,6 +253,15 @@ pub struct NewJob<'a> {
     pub out_dir: &'a Path,
 }
 
+/// What [`Store::recover_interrupted`] did at startup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Recovered {
+    /// Jobs put back in the queue.
+    pub requeued: usize,
+    /// Jobs failed as `interrupted` after too many attempts.
+    pub failed: usize,
+}
+
 impl Store {
     pub fn open(path: &Path) -> Result<Store, StoreError> {
         let open_error = |detail: String| StoreError::Open {
@@ -287,12 +296,26 @@ impl Store {
         Ok(())
     }
 
-    /// Jobs a previous process left running go back to the queue.
-    pub fn requeue_running(&self) -> Result<usize, StoreError> {
-        Ok(self.conn().execute(
+    /// Jobs a previous process left `running`: it died mid-job (a graceful shutdown puts
+    /// its jobs back in the queue itself). Those already started `max_attempts` times fail
+    /// with `interrupted`, so that a slide that kills the process (a decoder crash deep in
+    /// its tiles) cannot take down every restart; the others go back in the queue.
+    pub fn recover_interrupted(&self, max_attempts: u32) -> Result<Recovered, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let failed = tx.execute(
+            "UPDATE jobs SET state = 'failed', finished_at = ?2, error_type = 'interrupted',
+                 error = 'the server stopped while grading this job ' || attempts ||
+                         ' times (it may crash the slide decoder); not retried'
+             WHERE state = 'running' AND attempts >= ?1",
+            params![max_attempts, now()],
+        )?;
+        let requeued = tx.execute(
             "UPDATE jobs SET state = 'queued', started_at = NULL WHERE state = 'running'",
             [],
-        )?)
+        )?;
+        tx.commit()?;
+        Ok(Recovered { requeued, failed })
     }
 
     pub fn count_in_state(&self, state: JobState) -> Result<u64, StoreError> {
@@ -576,10 +599,37 @@ mod tests {
             // Dropped without finishing, like a process killed mid-job.
         }
         let store = Store::open(&path).unwrap();
-        assert_eq!(store.requeue_running().unwrap(), 1);
+        let recovered = store.recover_interrupted(3).unwrap();
+        assert_eq!((recovered.requeued, recovered.failed), (1, 0));
         assert_eq!(store.count_in_state(JobState::Queued).unwrap(), 2);
         let again = store.claim_next().unwrap().unwrap();
         assert_eq!((again.id.as_str(), again.attempts), ("a", 2));
+    }
+
+    #[test]
+    fn a_job_that_keeps_killing_the_process_fails_after_max_attempts() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jobs.db");
+        Store::open(&path)
+            .unwrap()
+            .insert(&new_job("a", None, "h", &JobRequest::default()))
+            .unwrap();
+        for attempt in 1..=3 {
+            // Each process claims the job and dies while grading it.
+            let store = Store::open(&path).unwrap();
+            let recovered = store.recover_interrupted(3).unwrap();
+            let expected = if attempt == 1 { (0, 0) } else { (1, 0) };
+            assert_eq!((recovered.requeued, recovered.failed), expected);
+            assert_eq!(store.claim_next().unwrap().unwrap().attempts, attempt);
+        }
+        let store = Store::open(&path).unwrap();
+        let recovered = store.recover_interrupted(3).unwrap();
+        assert_eq!((recovered.requeued, recovered.failed), (0, 1));
+        let job = store.get("a").unwrap().unwrap();
+        assert_eq!(job.state, JobState::Failed);
+        assert_eq!(job.error_type.as_deref(), Some("interrupted"));
+        assert!(job.error.unwrap().contains("3 times"));
+        assert!(store.claim_next().unwrap().is_none(), "not retried");
     }
 
     #[test]
