@@ -16,25 +16,8 @@ stamp="$web/node_modules/.slidegrade-lock.sha256"
 
 log() { printf 'setup-web: %s\n' "$*" >&2; }
 
-# Runs apt-get as root, or through sudo when not root. CI runs as root.
-as_root() {
-  if [[ $(id -u) -eq 0 ]]; then "$@"; else sudo "$@"; fi
-}
-
-apt_updated=0
-apt_install() {
-  local missing=()
-  for p in "$@"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-  done
-  [[ ${#missing[@]} -eq 0 ]] && return 0
-  if [[ $apt_updated -eq 0 ]]; then
-    as_root apt-get update -qq
-    apt_updated=1
-  fi
-  log "apt-get install ${missing[*]}"
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
-}
+# shellcheck source=scripts/apt.sh
+source "$root/scripts/apt.sh"
 
 if ! command -v npm >/dev/null; then
   apt_install nodejs npm

@@ -731,24 +731,26 @@ async fn submit_slide(
 ) -> Result<Response, ApiError> {
     authorize(&state, request.headers(), Role::Submit, "submit slides")?;
     let idempotency_key = idempotency_key(request.headers())?;
-    let queue_full = |state: &AppState| -> Result<ApiError, ApiError> {
-        Ok(ApiError::QueueFull {
-            queued: state
+    // Checked before reading the body and again just before the insert: the upload can
+    // take minutes, during which the queue fills or shutdown starts.
+    let intake_open = |state: &AppState| -> Result<(), ApiError> {
+        let retry_after_secs = state.api.retry_after_secs;
+        if !state.jobs.is_accepting() {
+            return Err(ApiError::ShuttingDown { retry_after_secs });
+        }
+        if !state.jobs.has_room()? {
+            let queued = state
                 .jobs
                 .store
-                .count_in_state(crate::jobs::store::JobState::Queued)?,
-            retry_after_secs: state.api.retry_after_secs,
-        })
+                .count_in_state(crate::jobs::store::JobState::Queued)?;
+            return Err(ApiError::QueueFull {
+                queued,
+                retry_after_secs,
+            });
+        }
+        Ok(())
     };
-    let shutting_down = || ApiError::ShuttingDown {
-        retry_after_secs: state.api.retry_after_secs,
-    };
-    if !state.jobs.is_accepting() {
-        return Err(shutting_down());
-    }
-    if !state.jobs.has_room()? {
-        return Err(queue_full(&state)?);
-    }
+    intake_open(&state)?;
     let slide = read_submission(&state, request).await?;
     if let Err(e) = validate(&state, &slide).await {
         slide.discard();
@@ -765,13 +767,9 @@ async fn submit_slide(
         callback_url: o.callback_url.clone(),
     };
     let hash = request_hash(&slide);
-    if !state.jobs.is_accepting() {
+    if let Err(e) = intake_open(&state) {
         slide.discard();
-        return Err(shutting_down());
-    }
-    if !state.jobs.has_room()? {
-        slide.discard();
-        return Err(queue_full(&state)?);
+        return Err(e);
     }
     let inserted = state.jobs.store.insert(&NewJob {
         id: &id,
