@@ -93,6 +93,13 @@ pub struct Training {
     /// Metric name → value on the test split.
     pub test_metrics: BTreeMap<String, f64>,
     pub notice: String,
+    /// The training recipe by name, e.g. `CE + AT+` (absent in models exported before
+    /// recipes were named).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recipe: Option<String>,
+    /// Why this model was the one shipped, e.g. the validation figures it was chosen on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selection: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]

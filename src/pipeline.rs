@@ -238,7 +238,7 @@ pub fn grade_slide(
             median_brightness: brightness,
         });
     }
-    let mask = tissue::detect(&thumbnail, &options.tissue);
+    let mask = tissue::detect_at_mpp(&thumbnail, thumb_mpp, &options.tissue);
     let (w0, h0) = slide.dimensions();
     let thumbnail_downsample = f64::from(w0) / f64::from(thumbnail.width().max(1));
     // Slides with non-square pixels use the x axis for tile geometry; reads honour both.

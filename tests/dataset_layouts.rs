@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use slidegrade::dataset::synthetic::{SynthSetConfig, generate};
+use slidegrade::dataset::synthetic::{PatchKind, SynthSetConfig, generate};
 use slidegrade::dataset::{DataSet, Layout, Split, load_image};
 
 fn real_patches() -> Option<PathBuf> {
@@ -90,6 +90,7 @@ fn synthetic_set_is_deterministic_and_reused() {
         seed: 3,
         threads: 2,
         edge_share: 0.25,
+        kind: PatchKind::Focal,
     };
     let a = generate(&cfg).unwrap();
     assert!(a.synthetic);

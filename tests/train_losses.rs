@@ -39,11 +39,36 @@ fn cross_entropy_by_hand() {
 fn knowledge_distillation_by_hand() {
     let d = Device::default();
     // T = 2: teacher logits [0, 2 ln 3] / T = [0, ln 3] → p = [1/4, 3/4].
-    // Student logits [0, 0] → q = [1/2, 1/2]. CE = −Σ p ln q = ln 2; × T² = 4 ln 2.
+    // Student logits [0, 0] → q = [1/2, 1/2].
+    // KL(p‖q) = 1/4 ln(1/2) + 3/4 ln(3/2) = 3/4 ln 3 − ln 2; × T² = 3 ln 3 − 4 ln 2.
     let teacher = t2(vec![0.0, 2.0 * 3f32.ln()], [1, 2], &d);
     let student = t2(vec![0.0, 0.0], [1, 2], &d);
-    let kd = value(knowledge_distillation(student, teacher, 2.0))[0];
-    close(kd, 4.0 * 2f32.ln(), 1e-5);
+    let kl = 0.75 * 3f32.ln() - 2f32.ln();
+    let kd = value(knowledge_distillation(
+        student.clone(),
+        teacher.clone(),
+        2.0,
+        false,
+    ))[0];
+    close(kd, kl, 1e-5);
+    let kd = value(knowledge_distillation(student, teacher, 2.0, true))[0];
+    close(kd, 4.0 * kl, 1e-5);
+}
+
+#[test]
+fn knowledge_distillation_is_zero_when_the_student_matches() {
+    let d = Device::default();
+    // A KL divergence, not a cross-entropy: no Teacher entropy left over.
+    let logits = t2(vec![0.3, -1.2, 2.0, 0.1, 0.0, 0.5, -0.5, 1.5], [2, 4], &d);
+    for t in [1.0, 4.0] {
+        let kd = value(knowledge_distillation(
+            logits.clone(),
+            logits.clone(),
+            t,
+            true,
+        ))[0];
+        close(kd, 0.0, 1e-6);
+    }
 }
 
 #[test]

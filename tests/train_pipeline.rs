@@ -4,7 +4,7 @@
 
 use burn::module::Module;
 use burn::tensor::{Tensor, TensorData};
-use slidegrade::dataset::synthetic::{SynthSetConfig, generate};
+use slidegrade::dataset::synthetic::{PatchKind, SynthSetConfig, generate};
 use slidegrade::export::ExportInfo;
 use slidegrade::model::{Role, Training};
 use slidegrade::train::data::load_splits;
@@ -74,9 +74,10 @@ fn teacher_and_distilled_student_train_export_and_resume() {
         seed: 5,
         threads: 2,
         edge_share: 0.0,
+        kind: PatchKind::Focal,
     })
     .unwrap();
-    let splits = load_splits(&data, 32).unwrap();
+    let splits = load_splits(&data, 32, None).unwrap();
     let (plain, _) = devices();
 
     let t_spec = TrainSpec {
@@ -88,6 +89,11 @@ fn teacher_and_distilled_student_train_export_and_resume() {
         lr: 1e-3,
         seed: 1,
         max_steps_per_epoch: None,
+        augment: Default::default(),
+        student_read: Default::default(),
+        views_per_image: 3,
+        init_from: None,
+        lr_schedule: Default::default(),
     };
     let teacher = train(
         &t_spec,
@@ -112,13 +118,11 @@ fn teacher_and_distilled_student_train_export_and_resume() {
             fm: 0.1,
             at_plus: 10.0,
             temperature: 4.0,
+            kd_t_squared: true,
         },
         ..t_spec.clone()
     };
-    let teacher = Teacher {
-        model: teacher.model,
-        input_size: 32,
-    };
+    let teacher = Teacher::new(teacher.model, 32);
     let run = dir.path().join("runs/student");
     let first = train(&s_spec, &splits, Some(&teacher), &run, false).unwrap();
     let h = &first.history[0];
@@ -136,6 +140,11 @@ fn teacher_and_distilled_student_train_export_and_resume() {
     assert_eq!(full.history.len(), 2);
     let resumed = train(&two, &splits, Some(&teacher), &run, true).unwrap();
     assert_eq!(resumed.history.len(), 2);
+    // The Teacher ran once per fixed view at most (12 images × 3 views), and the later
+    // epochs and runs reused its outputs.
+    let (hits, misses) = teacher.cache.hits_and_misses();
+    assert_eq!(hits + misses, 12 * 3, "1 + 2 epochs of 12 images");
+    assert!(misses <= 12 * 3 && hits > 0, "{hits} hits, {misses} misses");
     // The history goes through JSON in the checkpoint, which may change the last bit.
     let (a, b) = (resumed.history[1].loss, full.history[1].loss);
     assert!((a - b).abs() <= 1e-9 * b.abs().max(1.0), "{a} vs {b}");

@@ -2,8 +2,10 @@
 //! Markdown section headed by the machine, the command and the date, ready to paste.
 //! Timings never go in tests; they come from here.
 
+pub mod agreement;
 pub mod engine;
 pub mod load;
+pub mod patches;
 pub mod read;
 pub mod slide;
 
@@ -23,6 +25,13 @@ pub enum BenchCommand {
     Read(read::ReadArgs),
     /// Engine throughput (tiles/s) by batch size and intra-op threads, per model.
     Engine(engine::EngineBenchArgs),
+    /// Tile calls against the ground truth of a synthetic slide, read from the pyramid
+    /// level (as grading does) and from level 0 with an area resize; tiles without true
+    /// tissue and tissue area found.
+    Agreement(agreement::AgreementArgs),
+    /// Accuracy of the shipped models on labelled patches (e.g. the real Arvaniti TMA
+    /// patches) through ONNX Runtime, each patch resized by its stated µm/px.
+    Patches(patches::PatchesArgs),
     /// Load test against a running server on loopback: concurrent uploads and job
     /// submissions, throughput, latency percentiles, errors and the server's RSS.
     Load(load::LoadArgs),
@@ -34,6 +43,8 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Read(args) => read::run(&args),
         BenchCommand::Engine(args) => engine::run(&args),
         BenchCommand::Load(args) => load::run(&args),
+        BenchCommand::Agreement(args) => agreement::run(&args),
+        BenchCommand::Patches(args) => patches::run(&args),
     }
 }
 

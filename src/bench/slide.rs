@@ -110,7 +110,7 @@ pub fn run(args: &SlideArgs) -> anyhow::Result<()> {
 }
 
 /// Writes (once) and returns the synthetic benchmark slide and its ground truth.
-fn benchmark_slide(seed: u64) -> anyhow::Result<(PathBuf, Option<SlideTruth>)> {
+pub(crate) fn benchmark_slide(seed: u64) -> anyhow::Result<(PathBuf, Option<SlideTruth>)> {
     let dir = PathBuf::from("target/bench");
     let path = dir.join(format!("benchmark-seed{seed}.tiff"));
     let truth_path = dir.join(format!("benchmark-seed{seed}_truth.json"));

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 
-use super::synthetic::{DEFAULT_EDGE_SHARE, SynthSetConfig, generate};
+use super::synthetic::{DEFAULT_EDGE_SHARE, PatchKind, SynthSetConfig, generate};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum DataCommand {
@@ -41,6 +41,10 @@ pub struct SynthArgs {
     /// Share of each class's patches drawn at the rim of a core, part glass (0–1).
     #[arg(long, default_value_t = DEFAULT_EDGE_SHARE)]
     pub edge_share: f64,
+    /// How a cancer patch holds its pattern: a focus among benign tissue (SICAPv2-like),
+    /// or the whole patch.
+    #[arg(long, value_enum, default_value = "focal")]
+    pub kind: PatchKind,
 }
 
 impl SynthArgs {
@@ -55,6 +59,7 @@ impl SynthArgs {
             seed: self.seed,
             threads: self.threads,
             edge_share: self.edge_share,
+            kind: self.kind,
         }
     }
 }

@@ -50,6 +50,16 @@ impl Split {
         }
     }
 
+    /// A stable FNV-1a hash of `key` (the same on every machine and run).
+    pub fn path_hash(key: &str) -> u64 {
+        let mut h: u64 = 0xcbf29ce484222325;
+        for b in key.bytes() {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x100000001b3);
+        }
+        h
+    }
+
     /// `train`, `val`/`valid`/`validation`, `test` (case-insensitive).
     pub fn from_name(s: &str) -> Option<Split> {
         match s.trim().to_ascii_lowercase().as_str() {
@@ -62,12 +72,7 @@ impl Split {
 
     /// The split a sample without one gets: a stable FNV-1a hash of `key`, 70/15/15.
     pub fn by_hash(key: &str) -> Split {
-        let mut h: u64 = 0xcbf29ce484222325;
-        for b in key.bytes() {
-            h ^= b as u64;
-            h = h.wrapping_mul(0x100000001b3);
-        }
-        match h % 100 {
+        match Split::path_hash(key) % 100 {
             0..70 => Split::Train,
             70..85 => Split::Val,
             _ => Split::Test,
@@ -123,6 +128,62 @@ impl DataSet {
             counts[s.label] += 1;
         }
         counts
+    }
+
+    /// Fold `fold` of a stratified `k`-fold cross-validation over every sample, whatever
+    /// split it had: within each class, samples sorted by a stable hash of their path are
+    /// dealt to folds in turn, so each fold holds ⌊n/k⌋ or ⌈n/k⌉ of every class. Fold
+    /// `fold` is the test split, fold `fold + 1 (mod k)` the validation split (the epoch
+    /// to keep is chosen on it), and the other `k − 2` folds train. Each fold is one
+    /// paired replicate of an ablation.
+    pub fn cross_validation_fold(&self, k: usize, fold: usize) -> Result<DataSet> {
+        if k < 3 || fold >= k {
+            bail!("cross-validation needs k ≥ 3 and fold < k (got k = {k}, fold = {fold})");
+        }
+        let mut samples = self.samples.clone();
+        let key = |s: &Sample| Split::path_hash(&s.path.to_string_lossy());
+        samples.sort_by(|a, b| (a.label, key(a), &a.path).cmp(&(b.label, key(b), &b.path)));
+        let mut rank = [0usize; 4];
+        for s in &mut samples {
+            let f = rank[s.label] % k;
+            rank[s.label] += 1;
+            s.split = if f == fold {
+                Split::Test
+            } else if f == (fold + 1) % k {
+                Split::Val
+            } else {
+                Split::Train
+            };
+        }
+        Ok(DataSet {
+            samples,
+            description: format!(
+                "{}, stratified {k}-fold CV fold {}",
+                self.description,
+                fold + 1
+            ),
+            synthetic: self.synthetic,
+        })
+    }
+
+    /// Every sample for training, and the same samples again as the validation split (the
+    /// trainer needs one to pick its epoch; here it can only pick the epoch that fits the
+    /// training data best). For a model shipped after cross-validation has measured the
+    /// recipe: no sample is held out, so it has no test figures of its own.
+    pub fn all_for_training(&self) -> DataSet {
+        let train = self.samples.iter().map(|s| Sample {
+            split: Split::Train,
+            ..s.clone()
+        });
+        let val = self.samples.iter().map(|s| Sample {
+            split: Split::Val,
+            ..s.clone()
+        });
+        DataSet {
+            samples: train.chain(val).collect(),
+            description: format!("{}, all samples for training", self.description),
+            synthetic: self.synthetic,
+        }
     }
 
     /// One line per split: `train 120 [30 30 30 30]`.
@@ -372,6 +433,46 @@ pub fn load_image(path: &Path) -> Result<image::RgbImage> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cross_validation_folds_are_stratified_and_disjoint() {
+        let samples = (0..50)
+            .flat_map(|i| {
+                (0..4).map(move |label| Sample {
+                    path: PathBuf::from(format!("c{label}/im{i}.jpg")),
+                    label,
+                    split: Split::Train,
+                })
+            })
+            .collect();
+        let data = DataSet {
+            samples,
+            description: "toy".into(),
+            synthetic: false,
+        };
+        let mut tested = std::collections::HashSet::new();
+        for fold in 0..5 {
+            let f = data.cross_validation_fold(5, fold).unwrap();
+            assert_eq!(f.class_counts(Split::Test), [10; 4]);
+            assert_eq!(f.class_counts(Split::Val), [10; 4]);
+            assert_eq!(f.class_counts(Split::Train), [30; 4]);
+            for s in f.split(Split::Test) {
+                assert!(tested.insert(s.path.clone()), "tested twice: {:?}", s.path);
+            }
+            // The next fold's test split is this fold's validation split.
+            let next = data.cross_validation_fold(5, (fold + 1) % 5).unwrap();
+            let val: Vec<_> = f.split(Split::Val).iter().map(|s| s.path.clone()).collect();
+            let next_test: Vec<_> = next
+                .split(Split::Test)
+                .iter()
+                .map(|s| s.path.clone())
+                .collect();
+            assert_eq!(val, next_test);
+        }
+        assert_eq!(tested.len(), 200, "every sample is tested exactly once");
+        assert!(data.cross_validation_fold(2, 0).is_err());
+        assert!(data.cross_validation_fold(5, 5).is_err());
+    }
 
     #[test]
     fn labels_parse() {

@@ -11,7 +11,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use anyhow::{Context, Result};
 
 use super::{DataSet, Split, load_csv};
-use crate::synth::{Class, CoreEdge, render_edge_patch, render_patch};
+use crate::synth::{
+    Class, CoreEdge, Focus, place_focus, render_edge_patch, render_focal_patch, render_patch,
+};
 
 /// Written beside `labels.csv`; its text is the data description in `model.json`.
 pub const MARKER_FILE: &str = "SYNTHETIC.txt";
@@ -33,6 +35,31 @@ pub struct SynthSetConfig {
     /// Share of each class's patches drawn at the rim of a core (part glass; see
     /// [`CoreEdge`]), so that models learn that glass is not a lumen.
     pub edge_share: f64,
+    /// How a cancer patch holds its pattern.
+    pub kind: PatchKind,
+}
+
+/// How a cancer class fills a synthetic patch.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum PatchKind {
+    /// SICAPv2-like: the pattern occupies a focus of 10–40% of the patch among benign
+    /// glands and stroma ([`Focus`]); benign patches have none. A Teacher's map then says
+    /// *where* the cancer is, which a low-resolution Student cannot see for itself.
+    #[default]
+    Focal,
+    /// The whole patch is one class (the set before issue 12; kept for comparison).
+    Uniform,
 }
 
 /// The default [`SynthSetConfig::edge_share`]: none. Tried at 25% (about the share of a
@@ -61,6 +88,13 @@ pub fn generate(cfg: &SynthSetConfig) -> Result<DataSet> {
         "synthetic H&E (slidegrade synth: seed {}, {}/{}/{} per class train/val/test, {} px at {} µm/px",
         cfg.seed, cfg.train_per_class, cfg.val_per_class, cfg.test_per_class, cfg.size_px, cfg.mpp
     );
+    if cfg.kind == PatchKind::Focal {
+        description.push_str(&format!(
+            ", cancer as a focus of {:.0}–{:.0}% of the patch",
+            Focus::AREA_RANGE.0 * 100.0,
+            Focus::AREA_RANGE.1 * 100.0
+        ));
+    }
     if cfg.edge_share > 0.0 {
         description.push_str(&format!(", {:.0}% at a core's rim", cfg.edge_share * 100.0));
     }
@@ -165,6 +199,10 @@ pub fn render(cfg: &SynthSetConfig, split: Split, class: Class, index: usize) ->
     if is_edge_patch(cfg.edge_share, index) {
         let edge = CoreEdge::random(seed.rotate_left(17) ^ 0x5eed);
         render_edge_patch(class, origin, cfg.size_px, cfg.mpp, seed, edge)
+    } else if cfg.kind == PatchKind::Focal {
+        let focus = Focus::random(seed.rotate_left(29) ^ 0xf0c5);
+        let focus = place_focus(class, origin, cfg.size_px, cfg.mpp, seed, focus);
+        render_focal_patch(class, origin, cfg.size_px, cfg.mpp, seed, focus)
     } else {
         render_patch(class, origin, cfg.size_px, cfg.mpp, seed)
     }

@@ -17,7 +17,7 @@ use crate::export::{ExportInfo, export};
 /// Largest allowed |ONNX − burn| for logits and for CAM values.
 pub const PARITY_TOLERANCE: f32 = 1e-4;
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct ExportReport {
     pub dir: PathBuf,
     pub max_abs_diff_logits: f32,

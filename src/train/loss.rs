@@ -4,7 +4,7 @@
 //! Every loss returns a one-element tensor (the batch mean). See `shared/DESIGN.md`.
 
 use burn::tensor::Tensor;
-use burn::tensor::activation::{log_softmax, relu, softmax};
+use burn::tensor::activation::{log_softmax, relu};
 use burn::tensor::module::adaptive_avg_pool2d;
 use serde::{Deserialize, Serialize};
 
@@ -22,6 +22,10 @@ pub struct LossWeights {
     pub at_plus: f32,
     /// KD temperature T.
     pub temperature: f32,
+    /// Multiply KD by T² (Hinton et al.), which keeps its gradient scale independent of T.
+    /// The paper's authors use T = 1 without it.
+    #[serde(default)]
+    pub kd_t_squared: bool,
 }
 
 impl Default for LossWeights {
@@ -31,7 +35,8 @@ impl Default for LossWeights {
             kd: 0.0,
             fm: 0.0,
             at_plus: 0.0,
-            temperature: 4.0,
+            temperature: 1.0,
+            kd_t_squared: false,
         }
     }
 }
@@ -49,6 +54,7 @@ impl LossWeights {
             ("fm", self.fm),
             ("at_plus", self.at_plus),
             ("kd_temperature", self.temperature),
+            ("kd_t_squared", f32::from(u8::from(self.kd_t_squared))),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), f64::from(v)))
@@ -65,16 +71,26 @@ pub fn cross_entropy(logits: Tensor<2>, targets: Tensor<2>) -> Tensor<1> {
         .div_scalar(n as f32)
 }
 
-/// Soft-label KD (Hinton et al.): `T² · CE(softmax(t/T), log_softmax(s/T))`, batch mean.
-/// The T² keeps the gradient scale independent of T. The teacher's logits are constants.
+/// Soft-label KD as a KL divergence, `KL(p_T ‖ q_T)` with `p_T = softmax(t/T)` (the
+/// Teacher's, constant) and `q_T = softmax(s/T)`, batch mean, times T² when `t_squared`.
+/// Unlike the cross-entropy form it is zero when the Student matches the Teacher, so its
+/// logged value falls as distillation succeeds (the Teacher's entropy is not in it).
 pub fn knowledge_distillation(
     student_logits: Tensor<2>,
     teacher_logits: Tensor<2>,
     temperature: f32,
+    t_squared: bool,
 ) -> Tensor<1> {
-    let soft = softmax(teacher_logits.div_scalar(temperature).detach(), 1);
-    cross_entropy(student_logits.div_scalar(temperature), soft)
-        .mul_scalar(temperature * temperature)
+    let [n, _] = student_logits.dims();
+    let teacher_log = log_softmax(teacher_logits.div_scalar(temperature).detach(), 1);
+    let p = teacher_log.clone().exp();
+    let student_log = log_softmax(student_logits.div_scalar(temperature), 1);
+    let kl = (p * (teacher_log - student_log)).sum().div_scalar(n as f32);
+    if t_squared {
+        kl.mul_scalar(temperature * temperature)
+    } else {
+        kl
+    }
 }
 
 /// RMSE of each sample over all its other dimensions, averaged over the batch.

@@ -6,7 +6,8 @@
 //! - [`data`]: batches, balanced oversampling, augmentation before downsampling.
 //! - [`trainer`]: the loop (Adam, best-val-QWK epoch, checkpoint/resume, plots).
 //! - [`export`]: burn → `Network` → ONNX + `model.json`, parity in ONNX Runtime.
-//! - [`recipe`]: the whole paper recipe and `RESULTS.md`.
+//! - [`recipe`]: the whole paper recipe: replicates, rows, what ships.
+//! - [`results`]: the recipe's section of `RESULTS.md`, with paired statistics.
 //! - [`cli`]: `train`, `distill`-style flags and `recipe` subcommands.
 
 pub mod cli;
@@ -16,4 +17,5 @@ pub mod loss;
 pub mod model;
 pub mod plot;
 pub mod recipe;
+pub mod results;
 pub mod trainer;

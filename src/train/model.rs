@@ -68,6 +68,21 @@ impl CnnConfig {
             .fold(self.input_size, |s, _| s / 2)
     }
 
+    /// Receptive field of one cell of the last feature map (the CAM grid), in input
+    /// pixels: each k×k convolution widens it by (k − 1) input strides, each 2×2 pool by
+    /// one and doubles the stride.
+    pub fn receptive_field(&self) -> usize {
+        let (mut field, mut stride) = (1usize, 1usize);
+        for &pooled in &self.pool_after {
+            field += (self.kernel - 1) * stride;
+            if pooled {
+                field += stride;
+                stride *= 2;
+            }
+        }
+        field
+    }
+
     pub fn feature_channels(&self) -> usize {
         self.channels.last().copied().unwrap_or(3)
     }
@@ -224,5 +239,24 @@ impl Cnn {
                 bias: vec1(self.bias.val()),
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn receptive_fields_by_hand() {
+        // conv 3 → pool 4 (stride 2) → conv 8 → pool 10 (4) → conv 18 → pool 22 (8)
+        // → conv 38 → pool 46 (16) → conv 78: the Teacher before issue 12.
+        let old = CnnConfig::vgg_like(128, 16, 5, 4);
+        assert_eq!(old.receptive_field(), 78);
+        assert_eq!(old.cam_grid(), 8);
+        // Depth 8 with the same 4 pools covers a 128 px patch and keeps the 8×8 grid.
+        let deep = CnnConfig::vgg_like(128, 16, 8, 4);
+        assert!(deep.receptive_field() >= 128, "{}", deep.receptive_field());
+        assert_eq!(deep.cam_grid(), 8);
+        assert_eq!(CnnConfig::vgg_like(16, 4, 1, 0).receptive_field(), 3);
     }
 }

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# The issue-12 study, every phase in order, each resumable: rerun the same command after
+# an interruption (or in the next session) and finished runs are reused, unfinished ones
+# continue from their last epoch.
+#
+#   nohup scripts/study.sh > target/study.log 2>&1 &
+#
+# 1. default profile: focal synthetic set, Teacher + every Student row at 5×, 2.5×, 1.25×,
+#    AT+ weight chosen on validation; ships the synthetic family to models/;
+# 2. seeds: 5 seeds of CE, CE + AT+ and the paper's recipe at 2.5× and 1.25× (seed 1 is
+#    phase 1's runs), paired by seed;
+# 3. real tissue: the same rows on the 200 Arvaniti TMA patches, stratified 5-fold CV;
+# 4. real tissue fine-tuned from phase 1's synthetic runs, same folds;
+# 5. the real-tissue family trained on all 200 patches, shipped as models/*-real;
+# 6. every shipped model on the real patches and on the four other-source patches.
+#
+# Each phase writes its own section of RESULTS.md. Phases 1–2 are CPU hours on 2 cores.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+[[ -e .deps/onnxruntime ]] || scripts/setup-native.sh
+cargo build --release --locked --features train --bin slidegrade-train --bin slidegrade
+train=target/release/slidegrade-train
+real=../shared/data/patches/arvaniti
+other=../shared/data/patches/prostate
+
+phase() { echo "=== $(date -u +%FT%TZ) $*"; }
+
+phase "1 default profile"
+"$train" recipe --out target/distill --models-dir models --results RESULTS.md --resume
+
+phase "2 seeds"
+"$train" recipe --out target/distill --seeds 1,2,3,4,5 --methods ce,at,paper \
+    --student-sizes 32,16 --results RESULTS.md --results-section synthetic-seeds --resume
+
+if [[ -d "$real" ]]; then
+    phase "3 real tissue, 5-fold CV"
+    "$train" recipe --data "$real" --layout folder --data-mpp 0.23 --cv-folds 5 \
+        --out target/distill-real --results RESULTS.md --results-section real-cv --resume
+
+    phase "4 real tissue, fine-tuned from synthetic"
+    "$train" recipe --data "$real" --layout folder --data-mpp 0.23 --cv-folds 5 \
+        --init-from target/distill --out target/distill-real-finetuned \
+        --results RESULTS.md --results-section real-cv-finetuned --resume
+
+    phase "5 real-tissue family on all 200 patches"
+    "$train" recipe --data "$real" --layout folder --data-mpp 0.23 --train-on-all \
+        --models-dir models --name-suffix -real --out target/distill-real-all \
+        --results RESULTS.md --results-section real-all --resume
+
+    phase "6 shipped models on real patches"
+    target/release/slidegrade bench patches --data "$real" --data-mpp 0.23 \
+        > target/patches-arvaniti.md
+    target/release/slidegrade bench patches --data "$other" --data-mpp 1.0 \
+        > target/patches-prostate.md
+    cat target/patches-arvaniti.md target/patches-prostate.md
+fi
+phase "done"
