@@ -98,3 +98,54 @@ fn export_random_then_check_model() {
     );
     assert!(String::from_utf8_lossy(&check.stdout).starts_with("ok: random"));
 }
+
+#[test]
+fn bench_patches_scores_every_real_patch_and_refuses_a_bad_scale() {
+    let Some(data) = common::shared_data() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    common::tiny_model(dir.path(), "tiny", 1);
+    let patches = data.join("patches/arvaniti");
+    let out = slidegrade(&[
+        "bench",
+        "patches",
+        "--data",
+        patches.to_str().unwrap(),
+        "--data-mpp",
+        "0.23",
+        "--models-dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let table = String::from_utf8_lossy(&out.stdout);
+    let row = table
+        .lines()
+        .find(|l| l.starts_with("| tiny |"))
+        .unwrap_or_else(|| panic!("no row for the model in:\n{table}"));
+    assert!(row.contains("| synthetic | 1 | 200 |"), "{row}");
+    // The confusion matrix (last cell) counts every patch once.
+    let confusion = row.trim_end_matches(" |").rsplit("| ").next().unwrap();
+    let total: u64 = confusion
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(total, 200, "{row}");
+
+    let line = one_line_error(&slidegrade(&[
+        "bench",
+        "patches",
+        "--data",
+        patches.to_str().unwrap(),
+        "--data-mpp",
+        "0",
+        "--models-dir",
+        dir.path().to_str().unwrap(),
+    ]));
+    assert!(line.contains("--data-mpp"), "{line}");
+}
