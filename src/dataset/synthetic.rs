@@ -88,9 +88,12 @@ pub fn generate(cfg: &SynthSetConfig) -> Result<DataSet> {
         "synthetic H&E (slidegrade synth: seed {}, {}/{}/{} per class train/val/test, {} px at {} µm/px",
         cfg.seed, cfg.train_per_class, cfg.val_per_class, cfg.test_per_class, cfg.size_px, cfg.mpp
     );
+    // A set on disk is reused when its description matches, so the description names
+    // everything that changes the pixels (a set rendered before foci were placed on the
+    // pattern must not be taken for one rendered after).
     if cfg.kind == PatchKind::Focal {
         description.push_str(&format!(
-            ", cancer as a focus of {:.0}–{:.0}% of the patch",
+            ", cancer as a focus of {:.0}–{:.0}% of the patch, placed on the pattern's glands",
             Focus::AREA_RANGE.0 * 100.0,
             Focus::AREA_RANGE.1 * 100.0
         ));
