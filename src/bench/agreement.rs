@@ -16,12 +16,12 @@ use std::path::PathBuf;
 use anyhow::Context;
 use image::GrayImage;
 
-use super::{header, load_models};
+use super::{header, load_models, read_level0_resized};
 use crate::engine::{EngineArgs, EnginePool};
 use crate::pipeline::{self, GradeOptions};
 use crate::synth::SlideTruth;
 use crate::tiling::TileSpec;
-use crate::wsi::{Slide, resize_area};
+use crate::wsi::Slide;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct AgreementArgs {
@@ -147,22 +147,13 @@ pub fn measure(
     let manifest = pool.manifest();
     let tile_px = manifest.input.size_px;
     let slide = Slide::open(slide_path, None)?;
-    let slide_mpp = slide.properties().mpp_x;
     let mut level0_calls = Vec::with_capacity(graded.tiles.len());
     for chunk in graded.tiles.chunks(batch_size.max(1)) {
         let images = chunk
             .iter()
             .map(|(spec, _)| {
-                let side = spec.side.round() as u32;
-                slide
-                    .read_region_at_mpp(
-                        spec.x.round() as i64,
-                        spec.y.round() as i64,
-                        side,
-                        side,
-                        slide_mpp,
-                    )
-                    .map(|full| resize_area(&full, tile_px, tile_px))
+                let (x, y) = (spec.x.round() as i64, spec.y.round() as i64);
+                read_level0_resized(&slide, x, y, spec.side.round() as u32, tile_px)
             })
             .collect::<Result<Vec<_>, _>>()?;
         for out in pool.infer(&images)? {

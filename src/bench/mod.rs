@@ -115,6 +115,22 @@ pub fn load_models(dir: &Path, names: &[String]) -> anyhow::Result<Vec<VerifiedM
     Ok(models)
 }
 
+/// A square region of `side` level-0 pixels read at full resolution and area-averaged to
+/// `tile_px`: how patch data sets (and WSInfer) read, the baseline that the slide reader's
+/// pyramid reads are compared with.
+pub fn read_level0_resized(
+    slide: &crate::wsi::Slide,
+    x: i64,
+    y: i64,
+    side: u32,
+    tile_px: u32,
+) -> crate::wsi::Result<image::RgbImage> {
+    let mpp = slide.properties().mpp_x;
+    slide
+        .read_region_at_mpp(x, y, side, side, mpp)
+        .map(|full| crate::wsi::resize_area(&full, tile_px, tile_px))
+}
+
 /// Median of a non-empty sample (mean of the middle two for even sizes).
 pub fn median(values: &[f64]) -> f64 {
     let mut v = values.to_vec();

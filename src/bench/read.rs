@@ -6,10 +6,10 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use super::{header, median};
+use super::{header, median, read_level0_resized};
 use crate::tiling;
 use crate::tissue::{self, TissueParams};
-use crate::wsi::{Slide, resize_area};
+use crate::wsi::Slide;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct ReadArgs {
@@ -90,11 +90,7 @@ pub fn run(args: &ReadArgs) -> anyhow::Result<()> {
             let t = Instant::now();
             let theirs: Vec<_> = picks
                 .iter()
-                .map(|p| {
-                    slide
-                        .read_region_at_mpp(p.x as i64, p.y as i64, level0_px, level0_px, slide_mpp)
-                        .map(|full| resize_area(&full, tile_px, tile_px))
-                })
+                .map(|p| read_level0_resized(&slide, p.x as i64, p.y as i64, level0_px, tile_px))
                 .collect::<Result<_, _>>()?;
             naive.push(picks.len() as f64 / t.elapsed().as_secs_f64());
             // The two must show the same thing: only the level's own downsampling differs.

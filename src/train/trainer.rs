@@ -364,6 +364,10 @@ pub fn train(
 
     let mut total_images = 0usize;
     let mut total_secs = 0f64;
+    // Every Student of a replicate draws from the same fixed views, CE-only ones too, so
+    // that the rows compared are paired on their data as well as their seed.
+    let pooled = teacher.is_some() && spec.views_per_image > 0;
+    let view_size = teacher.map_or(size, |t| t.input_size);
     for epoch in state.epochs_done..spec.epochs {
         let mut rng = rng_for(spec.seed, 1, epoch as u64);
         let mut order = balanced_epoch(&data.train.labels, classes, &mut rng);
@@ -381,10 +385,6 @@ pub fn train(
         bar.set_prefix(format!("{} epoch {}/{}", spec.name, epoch + 1, spec.epochs));
         let mut sums = [0f64; 5];
         let started = Instant::now();
-        // Every Student of a replicate draws from the same fixed views, CE-only ones too,
-        // so that the rows compared are paired on their data as well as their seed.
-        let pooled = teacher.is_some() && spec.views_per_image > 0;
-        let view_size = teacher.map_or(size, |t| t.input_size);
         for (step, batch) in order.chunks(spec.batch_size).enumerate() {
             // A pooled view is a pure function of (seed, image, view index), so that the
             // Teacher's outputs for it can be cached and reused by every Student.
@@ -416,15 +416,21 @@ pub fn train(
                 })
                 .collect();
             let refs: Vec<_> = views.iter().collect();
-            let inputs: Vec<_> = if view_size == size {
-                views.clone()
+            // A Student's input is its own copy of the view; a run at the view's size (the
+            // Teacher) takes the view itself.
+            let student_inputs: Vec<_> = if view_size == size {
+                Vec::new()
             } else {
                 views
                     .iter()
                     .map(|v| student_view(v, size, spec.student_read, &mut rng))
                     .collect()
             };
-            let input_refs: Vec<_> = inputs.iter().collect();
+            let input_refs: Vec<_> = if view_size == size {
+                refs.clone()
+            } else {
+                student_inputs.iter().collect()
+            };
             let labels: Vec<usize> = batch.iter().map(|&i| data.train.labels[i]).collect();
             let x = to_tensor(&input_refs, size, &ad);
             let out = trainable.net.forward(x);
