@@ -9,12 +9,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use slidegrade::engine::{EngineConfig, EnginePool};
-use slidegrade::export::{ExportInfo, export};
-use slidegrade::model::{Role, Training};
-use slidegrade::network::{Architecture, Network};
-use slidegrade::pipeline::{GradeOptions, grade_slide};
-use slidegrade::wsi::isolated::{self, Decoder};
+use slidegrade::build::export::{ExportInfo, export};
+use slidegrade::build::network::{Architecture, Network};
+use slidegrade::grade::pipeline::{GradeOptions, grade_slide};
+use slidegrade::model::contract::{Role, Training};
+use slidegrade::model::engine::{EngineConfig, EnginePool};
+use slidegrade::slide::isolated::{self, Decoder};
 
 fn median_ms(runs: usize, mut f: impl FnMut()) -> (f64, f64, f64) {
     let mut times: Vec<f64> = (0..runs)
@@ -112,7 +112,7 @@ fn main() {
     let dir = tempfile::tempdir().expect("tempdir");
     let models = model(dir.path());
     let config = EngineConfig::default();
-    let verified = slidegrade::model::load(&models.join("random")).expect("load");
+    let verified = slidegrade::model::contract::load(&models.join("random")).expect("load");
     let pool = EnginePool::new(&verified, &config).expect("session");
     let options = GradeOptions::default();
     report(

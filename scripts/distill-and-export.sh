@@ -10,7 +10,7 @@
 #   scripts/distill-and-export.sh --data PATH --layout sicapv2|folder|csv [--teacher-mpp 4]
 #   scripts/distill-and-export.sh --seeds 1,2,3   # mean ± std over seeds
 #
-# Every other flag goes to `slidegrade-train recipe` (see `--help`). Re-running with
+# Every other flag goes to `slidegrade train recipe` (see `--help`). Re-running with
 # --resume continues interrupted runs from their checkpoints.
 # SLIDEGRADE_PROFILE=dev uses the debug build (shares artefacts with `cargo test`).
 set -euo pipefail
@@ -26,18 +26,18 @@ done
 [[ -e .deps/onnxruntime ]] || scripts/setup-native.sh
 
 if [[ "$profile" == "release" ]]; then
-    cargo build --release --locked --features train --bin slidegrade-train
-    bin=target/release/slidegrade-train
+    cargo build --release --locked --features train --bin slidegrade
+    bin=target/release/slidegrade
 else
-    cargo build --locked --features train --bin slidegrade-train
-    bin=target/debug/slidegrade-train
+    cargo build --locked --features train --bin slidegrade
+    bin=target/debug/slidegrade
 fi
 
 if [[ $quick == 2 ]]; then
-    exec "$bin" recipe --help
+    exec "$bin" train recipe --help
 elif [[ $quick == 1 ]]; then
     out=target/distill-quick
-    exec "$bin" recipe --out "$out" --models-dir "$out/models" --results "$out/RESULTS.md" "$@"
+    exec "$bin" train recipe --out "$out" --models-dir "$out/models" --results "$out/RESULTS.md" "$@"
 else
-    exec "$bin" recipe --out target/distill --models-dir models --results RESULTS.md "$@"
+    exec "$bin" train recipe --out target/distill --models-dir models --results RESULTS.md "$@"
 fi

@@ -14,37 +14,30 @@
 # 5. the real-tissue family trained on all 200 patches, shipped as models/*-real;
 # 6. every shipped model on the real patches and on the four other-source patches.
 #
+# They run in the order 1, 3, 5, 6, 2, 4: the real-tissue phases are short and answer
+# questions nothing else does, so they come before the long seeds phase.
 # Each phase writes its own section of RESULTS.md. Phases 1–2 are CPU hours on 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 [[ -e .deps/onnxruntime ]] || scripts/setup-native.sh
-cargo build --release --locked --features train --bin slidegrade-train --bin slidegrade
-train=target/release/slidegrade-train
+cargo build --release --locked --features train --bin slidegrade
+train="target/release/slidegrade train"
 real=../shared/data/patches/arvaniti
 other=../shared/data/patches/prostate
 
 phase() { echo "=== $(date -u +%FT%TZ) $*"; }
 
 phase "1 default profile"
-"$train" recipe --out target/distill --models-dir models --results RESULTS.md --resume
-
-phase "2 seeds"
-"$train" recipe --out target/distill --seeds 1,2,3,4,5 --methods ce,at,paper \
-    --student-sizes 32,16 --results RESULTS.md --results-section synthetic-seeds --resume
+$train recipe --out target/distill --models-dir models --results RESULTS.md --resume
 
 if [[ -d "$real" ]]; then
     phase "3 real tissue, 5-fold CV"
-    "$train" recipe --data "$real" --layout folder --data-mpp 0.23 --cv-folds 5 \
+    $train recipe --data "$real" --layout folder --data-mpp 0.23 --cv-folds 5 \
         --out target/distill-real --results RESULTS.md --results-section real-cv --resume
 
-    phase "4 real tissue, fine-tuned from synthetic"
-    "$train" recipe --data "$real" --layout folder --data-mpp 0.23 --cv-folds 5 \
-        --init-from target/distill --out target/distill-real-finetuned \
-        --results RESULTS.md --results-section real-cv-finetuned --resume
-
     phase "5 real-tissue family on all 200 patches"
-    "$train" recipe --data "$real" --layout folder --data-mpp 0.23 --train-on-all \
+    $train recipe --data "$real" --layout folder --data-mpp 0.23 --train-on-all \
         --models-dir models --name-suffix -real --out target/distill-real-all \
         --results RESULTS.md --results-section real-all --resume
 
@@ -54,5 +47,15 @@ if [[ -d "$real" ]]; then
     target/release/slidegrade bench patches --data "$other" --data-mpp 1.0 \
         > target/patches-prostate.md
     cat target/patches-arvaniti.md target/patches-prostate.md
+fi
+phase "2 seeds"
+$train recipe --out target/distill --seeds 1,2,3,4,5 --methods ce,at,paper \
+    --student-sizes 32,16 --results RESULTS.md --results-section synthetic-seeds --resume
+
+if [[ -d "$real" ]]; then
+    phase "4 real tissue, fine-tuned from synthetic"
+    $train recipe --data "$real" --layout folder --data-mpp 0.23 --cv-folds 5 \
+        --init-from target/distill --out target/distill-real-finetuned \
+        --results RESULTS.md --results-section real-cv-finetuned --resume
 fi
 phase "done"

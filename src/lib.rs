@@ -1,37 +1,35 @@
 //! slidegrade: grades prostate biopsies from whole-slide images at low magnification.
 //!
-//! The data path, one module per stage (data flows down this list):
-//! - [`wsi`]: open a slide, read regions at a target µm/px (OpenSlide 4.x).
-//! - [`model`]: the model contract (`model.json`) and its checks against the ONNX graph.
-//! - [`engine`]: ONNX Runtime sessions (CUDA, else CPU) behind a synchronous trait, pooled.
-//! - [`server`]: the HTTP API; [`viewer`]: the browser page at `/` and Deep Zoom tiles.
+//! The modules in data-path order (a module uses only modules above it in this list):
+//! - [`telemetry`]: Prometheus collectors that every stage observes.
+//! - [`slide`]: open a slide, read regions at a target µm/px (OpenSlide 4.x).
+//! - [`model`]: the model contract (`model.json`), the ONNX Runtime engine, the registry.
+//! - [`grade`]: tissue, tiles, scoring, heatmaps, and the grading rule.
+//! - [`output`]: `result.json`, heatmap images, tile tables, FHIR and HL7 messages.
+//! - [`grader`]: the one `Grader` (model + options → report) that every caller uses.
+//! - [`serve`]: the HTTP API, the viewer, the job queue and its workers.
 //!
-//! Model building: [`network`] (a CNN's weights and an independent forward pass) and
-//! [`onnx_writer`] (that network as an ONNX graph with `logits` and Grad-CAM `cam`).
+//! Beside the data path: [`build`] (a CNN as an ONNX graph and `model.json`), [`synth`]
+//! (synthetic H&E patches and slides), [`dataset`] (patch sets and their scores),
+//! [`train`] (the distillation harness, feature `train`) and [`bench`].
 
-pub mod api_error;
-pub mod auth;
-pub mod bench;
-pub mod dataset;
-pub mod engine;
-pub mod export;
-pub mod grading;
-pub mod jobs;
-pub mod lims;
-pub mod metrics;
+pub mod telemetry;
+
+pub mod slide;
+
 pub mod model;
-pub mod network;
-pub mod onnx_writer;
-pub mod pipeline;
-pub mod render;
-pub mod report;
-pub mod server;
-pub mod service;
-pub mod stitch;
+
+pub mod grade;
+
+pub mod output;
+
+pub mod grader;
+
+pub mod serve;
+
+pub mod bench;
+pub mod build;
+pub mod dataset;
 pub mod synth;
-pub mod tiling;
-pub mod tissue;
 #[cfg(feature = "train")]
 pub mod train;
-pub mod viewer;
-pub mod wsi;

@@ -16,12 +16,12 @@ use std::path::PathBuf;
 use anyhow::Context;
 use image::GrayImage;
 
-use super::{header, load_models, read_level0_resized};
-use crate::engine::{EngineArgs, EnginePool};
-use crate::pipeline::{self, GradeOptions};
+use super::common::{header, load_models, read_level0_resized};
+use crate::grade::pipeline::{self, GradeOptions};
+use crate::grade::tiling::TileSpec;
+use crate::model::engine::{EngineArgs, EnginePool};
+use crate::slide::Slide;
 use crate::synth::SlideTruth;
-use crate::tiling::TileSpec;
-use crate::wsi::Slide;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct AgreementArgs {

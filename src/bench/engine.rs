@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use image::RgbImage;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
-use super::{header, load_models, median};
-use crate::engine::{EngineArgs, EnginePool};
+use super::common::{header, load_models, median};
+use crate::model::engine::{EngineArgs, EnginePool};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct EngineBenchArgs {

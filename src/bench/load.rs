@@ -243,7 +243,7 @@ fn read_memory(pid: u32) -> anyhow::Result<Memory> {
 
 /// Jobs in the server's store by state, read through a read-only connection of our own.
 fn store_counts(data_dir: &Path) -> anyhow::Result<BTreeMap<String, u64>> {
-    let path = crate::service::store_path(data_dir);
+    let path = crate::serve::jobs::store::store_path(data_dir);
     let conn =
         rusqlite::Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
             .with_context(|| format!("cannot open {}", path.display()))?;

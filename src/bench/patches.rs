@@ -12,11 +12,11 @@ use std::path::PathBuf;
 
 use image::RgbImage;
 
-use super::{header, load_models};
-use crate::dataset::metrics::Metrics;
+use super::common::{header, load_models};
+use crate::dataset::scores::Metrics;
 use crate::dataset::{DataSet, Layout, load_image};
-use crate::engine::{EngineArgs, EnginePool};
-use crate::wsi::resize_area;
+use crate::model::engine::{EngineArgs, EnginePool};
+use crate::slide::resize_area;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct PatchesArgs {

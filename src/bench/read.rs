@@ -6,10 +6,10 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use super::{header, median, read_level0_resized};
-use crate::tiling;
-use crate::tissue::{self, TissueParams};
-use crate::wsi::Slide;
+use super::common::{header, median, read_level0_resized};
+use crate::grade::tiling;
+use crate::grade::tissue::{self, TissueParams};
+use crate::slide::Slide;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct ReadArgs {

@@ -7,11 +7,11 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 
-use super::{header, load_models, median};
-use crate::engine::{EngineArgs, EnginePool};
-use crate::model::Role;
-use crate::pipeline::{self, GradeOptions, StageTimes};
-use crate::report;
+use super::common::{header, load_models, median};
+use crate::grade::pipeline::{GradeOptions, StageTimes};
+use crate::grader::Grader;
+use crate::model::contract::Role;
+use crate::model::engine::{EngineArgs, EnginePool};
 use crate::synth::{SlideSpec, SlideTruth, write_slide};
 
 #[derive(Debug, Clone, clap::Args)]
@@ -67,10 +67,11 @@ pub fn run(args: &SlideArgs) -> anyhow::Result<()> {
         let mut runs: Vec<StageTimes> = Vec::new();
         let mut last = None;
         for _ in 0..args.repeats.max(1) {
-            let graded = pipeline::grade_slide(&slide, &pool, &options, &mut |_, _| {})?;
-            let mut rep =
-                report::build_report(&graded, pool.manifest(), pool.provider().as_str(), 0.25);
-            report::write_outputs(&scratch.join(&model.manifest.name), &graded, &mut rep)?;
+            let rep = Grader::new(&pool, options.clone()).grade(
+                &slide,
+                Some(&scratch.join(&model.manifest.name)),
+                &mut |_, _| {},
+            )?;
             runs.push(rep.timings_ms.clone());
             last = Some(rep);
         }

@@ -17,10 +17,10 @@
 //! validation, 15% test), so the same files always land in the same split.
 //!
 //! Nothing here needs burn: the data set only names files and labels; the trainer decodes,
-//! augments and downsamples them (with [`crate::wsi::resize_area`]).
+//! augments and downsamples them (with [`crate::slide::resize_area`]).
 
 pub mod cli;
-pub mod metrics;
+pub mod scores;
 pub mod synthetic;
 
 use std::path::{Path, PathBuf};
@@ -29,6 +29,10 @@ use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
 use crate::synth::Class;
+
+/// Written beside a synthetic set's `labels.csv`; its text is the data description in
+/// `model.json`, and its presence marks the set as synthetic.
+pub const MARKER_FILE: &str = "SYNTHETIC.txt";
 
 /// Which part of the data a sample belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -323,11 +327,11 @@ pub fn load_csv(csv: &Path) -> Result<DataSet> {
     if samples.is_empty() {
         bail!("{} lists no samples", csv.display());
     }
-    let synthetic = base.join(synthetic::MARKER_FILE).exists();
+    let synthetic = base.join(MARKER_FILE).exists();
     Ok(DataSet {
         samples,
         description: if synthetic {
-            std::fs::read_to_string(base.join(synthetic::MARKER_FILE))
+            std::fs::read_to_string(base.join(MARKER_FILE))
                 .unwrap_or_default()
                 .trim()
                 .to_string()

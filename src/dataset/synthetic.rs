@@ -10,13 +10,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use anyhow::{Context, Result};
 
-use super::{DataSet, Split, load_csv};
+use super::{DataSet, MARKER_FILE, Split, load_csv};
 use crate::synth::{
     Class, CoreEdge, Focus, place_focus, render_edge_patch, render_focal_patch, render_patch,
 };
 
-/// Written beside `labels.csv`; its text is the data description in `model.json`.
-pub const MARKER_FILE: &str = "SYNTHETIC.txt";
 pub const LABELS_FILE: &str = "labels.csv";
 
 #[derive(Debug, Clone)]

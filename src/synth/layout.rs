@@ -14,7 +14,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::Class;
+use super::class::Class;
 use super::rng::{Noise, cell_hash, layer_key, lerp, rehash, unit16};
 
 /// The outline's half-width varies by up to this fraction.
@@ -97,7 +97,7 @@ impl CorePattern {
         }
     }
 
-    /// The Gleason score [`crate::grading::grade`] gives a core of this pattern, as it
+    /// The Gleason score [`crate::grade::rule::grade`] gives a core of this pattern, as it
     /// writes it (`"3+4=7"`, `"benign"`).
     pub fn expected_gleason(self) -> &'static str {
         match self {

@@ -18,76 +18,28 @@
 //! Everything is a pure function of `(seed, class, position)`, so any region renders on
 //! its own: tiles of a slide in parallel, training patches in any order.
 //!
-//! Modules: [`rng`] hashing and noise; [`morph`] per-class morphology; [`render`] the
-//! renderer; [`layout`] where tissue and classes lie on a slide; [`tiff`] a minimal tiled
+//! Modules: [`class`] the four tissue classes; [`rng`] hashing and noise; [`appearance`]
+//! per-class appearance; [`paint`] the renderer; [`layout`] where tissue and classes lie on a slide; [`tiff`] a minimal tiled
 //! (Big)TIFF writer; [`slide`] the slide writer that ties them together.
 
+mod appearance;
+mod class;
 mod layout;
-mod morph;
-mod render;
+mod paint;
 mod rng;
 mod slide;
 mod tiff;
 
-use image::RgbImage;
-use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
 
+use image::RgbImage;
+
+pub use class::Class;
 pub use layout::{CorePattern, CoreSpec, Region};
-pub use render::{GLASS, MAX_SAMPLE_SPACING_UM};
+pub use paint::{GLASS, MAX_SAMPLE_SPACING_UM};
 pub use slide::{
     LevelInfo, MaskInfo, SlideSpec, SlideTruth, SynthError, TILE, TileCounts, write_slide,
 };
-
-/// The four tissue classes, in the models' output order (SICAPv2's).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub enum Class {
-    /// Non-cancerous.
-    #[serde(rename = "NC")]
-    Nc,
-    /// Gleason pattern 3.
-    G3,
-    /// Gleason pattern 4.
-    G4,
-    /// Gleason pattern 5.
-    G5,
-}
-
-impl Class {
-    /// All classes, in index order.
-    pub const ALL: [Class; 4] = [Class::Nc, Class::G3, Class::G4, Class::G5];
-
-    /// Class names in index order, as in `model.json`.
-    pub const NAMES: [&'static str; 4] = ["NC", "G3", "G4", "G5"];
-
-    /// Position in [`Class::ALL`] (the model's output index).
-    pub fn index(self) -> usize {
-        self as usize
-    }
-
-    /// The class at `index`, or `None` if `index ≥ 4`.
-    pub fn from_index(index: usize) -> Option<Class> {
-        Class::ALL.get(index).copied()
-    }
-
-    /// `"NC"`, `"G3"`, `"G4"` or `"G5"`.
-    pub fn name(self) -> &'static str {
-        Class::NAMES[self.index()]
-    }
-
-    /// The class named `name` (case-insensitive), or `None`.
-    pub fn from_name(name: &str) -> Option<Class> {
-        Class::NAMES
-            .iter()
-            .position(|n| n.eq_ignore_ascii_case(name.trim()))
-            .and_then(Class::from_index)
-    }
-}
-
-impl std::fmt::Display for Class {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
 
 /// A square `size_px`×`size_px` patch of `class` tissue at `mpp` µm/px whose top-left
 /// corner is at `origin_um` (µm, in the tissue plane of `seed`).
@@ -95,7 +47,7 @@ impl std::fmt::Display for Class {
 /// Deterministic: the same arguments give the same bytes. Every pixel is a pure function
 /// of its position, so overlapping patches on the same pixel grid agree exactly where
 /// they overlap, and a patch at 8 µm/px equals the area average (see
-/// [`crate::wsi::resize_area`]) of the same field at 1 µm/px up to rounding. Staining
+/// [`crate::slide::resize_area`]) of the same field at 1 µm/px up to rounding. Staining
 /// varies smoothly with position and per seed: patches whose origins lie ≥ 3 mm apart,
 /// or that have different seeds, get independent stains. At one seed and place, the
 /// stroma's fibres and the stain are the same for every class (so that a slide's stroma
@@ -128,7 +80,7 @@ pub fn render_region(
     mpp: f64,
     seed: u64,
 ) -> RgbImage {
-    render::render_with(|_, _| Some(class), origin_um, width, height, mpp, seed)
+    paint::render_with(|_, _| Some(class), origin_um, width, height, mpp, seed)
 }
 
 /// Where a core ends inside a patch: tissue lies inside a circle of `radius_um` whose
@@ -180,7 +132,7 @@ pub fn render_edge_patch(
         origin_um.1 + side_um / 2.0 - ny * back,
     );
     let r2 = edge.radius_um * edge.radius_um;
-    render::render_with(
+    paint::render_with(
         |x, y| {
             let (dx, dy) = (x - centre.0, y - centre.1);
             (dx * dx + dy * dy < r2).then_some(class)
@@ -315,7 +267,7 @@ pub fn render_focal_patch(
         return render_patch(class, origin_um, size_px, mpp, seed);
     }
     let side_um = f64::from(size_px) * mpp;
-    render::render_with(
+    paint::render_with(
         |x, y| {
             let inside = focus.contains((x - origin_um.0) / side_um, (y - origin_um.1) / side_um);
             Some(if inside { class } else { Class::Nc })
@@ -326,6 +278,54 @@ pub fn render_focal_patch(
         mpp,
         seed,
     )
+}
+
+/// Write a synthetic pyramidal slide (tiled TIFF with µm/px) with known Gleason
+/// regions, plus `<stem>_mask.png` and `<stem>_truth.json` beside it.
+#[derive(Debug, clap::Args)]
+pub struct SynthSlideArgs {
+    /// Output .tiff path.
+    pub out: PathBuf,
+    /// Level-0 width in pixels.
+    #[arg(long, default_value_t = 8192)]
+    pub width: u32,
+    /// Level-0 height in pixels.
+    #[arg(long, default_value_t = 6144)]
+    pub height: u32,
+    /// Level-0 µm per pixel (0.25 ≈ 40×).
+    #[arg(long, default_value_t = 0.5)]
+    pub mpp: f64,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// One core of this pattern (e.g. `3+4`, `benign`); default: random cores.
+    #[arg(long)]
+    pub pattern: Option<String>,
+    /// The 80,000 × 60,000 px, 0.25 µm/px benchmark slide (ignores size flags).
+    #[arg(long)]
+    pub benchmark: bool,
+}
+
+/// Runs `slidegrade synth-slide`.
+pub fn run_slide_cli(args: &SynthSlideArgs) -> anyhow::Result<()> {
+    let spec = match (args.benchmark, &args.pattern) {
+        (true, _) => SlideSpec::benchmark(args.seed),
+        (false, Some(p)) => {
+            let pattern = CorePattern::from_name(p)
+                .ok_or_else(|| anyhow::anyhow!("unknown --pattern `{p}`"))?;
+            SlideSpec::with_pattern(args.width, args.height, args.mpp, args.seed, pattern)
+        }
+        (false, None) => SlideSpec::random(args.width, args.height, args.mpp, args.seed),
+    };
+    let truth = write_slide(&args.out, &spec)?;
+    println!(
+        "wrote {} ({} x {} px at {} µm/px, {} levels)",
+        args.out.display(),
+        truth.width,
+        truth.height,
+        truth.mpp,
+        truth.levels.len()
+    );
+    Ok(())
 }
 
 #[cfg(test)]

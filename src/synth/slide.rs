@@ -36,11 +36,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use image::{GrayImage, Luma, Rgb, RgbImage};
 use serde::{Deserialize, Serialize};
 
-use super::Class;
+use super::class::Class;
 use super::layout::{CorePattern, CoreSpec, Layout, RectKind, random_cores};
-use super::render::{GLASS, render_with};
+use super::paint::{GLASS, render_with};
 use super::tiff::{TiffMeta, TiffWriter};
-use crate::grading::{Grade, PatternAreas, grade};
+use crate::grade::rule::{Grade, PatternAreas, grade};
 
 /// Tile edge in pixels, at every level.
 pub const TILE: u32 = 256;
@@ -176,7 +176,7 @@ pub struct SlideTruth {
     pub areas_mm2: PatternAreas,
     pub tissue_area_mm2: f64,
     /// Gleason score and ISUP grade group of the true areas (the PANDA rule,
-    /// [`crate::grading::grade`]).
+    /// [`crate::grade::rule::grade`]).
     pub grade: Grade,
     pub tile_reuse: Option<u32>,
     pub tiles: TileCounts,
@@ -269,7 +269,7 @@ impl SlideSpec {
 
     /// What the slide shows (without tile reuse) in the region whose top-left corner is
     /// level-0 pixel `(x0, y0)`, `width`×`height` pixels at `mpp` µm/px: the same
-    /// convention as [`crate::wsi::Slide::read_region_at_mpp`], so the two can be
+    /// convention as [`crate::slide::Slide::read_region_at_mpp`], so the two can be
     /// compared directly (they differ by JPEG error only).
     pub fn render_region(&self, x0: i64, y0: i64, width: u32, height: u32, mpp: f64) -> RgbImage {
         let layout = self.layout();
@@ -527,6 +527,8 @@ pub(crate) fn class_areas(mask: &GrayImage, mpp: f64) -> PatternAreas {
     }
 }
 
+/// A step error of the pyramid writer, private to this module: `write_slide` turns it
+/// into a [`SynthError`] (which has the `kind()`) with the path it was writing.
 enum PyramidError {
     Io(std::io::Error),
     Encode(String),

@@ -363,7 +363,7 @@ impl<W: Write + Seek> TiffWriter<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wsi::{MppSource, Slide};
+    use crate::slide::{MppSource, Slide};
     use image::{Rgb, RgbImage};
 
     fn jpeg(img: &RgbImage) -> Vec<u8> {

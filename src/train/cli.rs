@@ -1,6 +1,6 @@
-//! CLI of the harness: `slidegrade recipe` (the whole paper recipe, what
-//! `scripts/distill-and-export.sh` runs) and `slidegrade train` (one Teacher, or one
-//! Student distilled from a Teacher checkpoint run).
+//! CLI of the harness: `slidegrade train recipe` (the whole paper recipe, what
+//! `scripts/distill-and-export.sh` runs: the Teacher, every Student row, the export and
+//! the RESULTS.md section).
 
 use std::path::PathBuf;
 
@@ -277,7 +277,9 @@ pub const DEFAULT_STUDENT_EPOCHS: usize = 15;
 pub fn run(cmd: TrainCommand) -> Result<()> {
     match cmd {
         TrainCommand::Recipe(args) => {
-            super::recipe::run(&args.config())?;
+            let config = args.config();
+            let outcome = super::recipe::run(&config)?;
+            super::results::write_section(&config, &outcome)?;
             Ok(())
         }
     }

@@ -11,9 +11,9 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use serde::{Deserialize, Serialize};
 
+use crate::build::export::ExportInfo;
 use crate::dataset::{DataSet, Split, load_image};
-use crate::export::ExportInfo;
-use crate::wsi::resize_area;
+use crate::slide::resize_area;
 
 /// Decoded images of one split, all `base_size`² (the highest resolution any model uses).
 #[derive(Debug, Clone, Default)]

@@ -9,8 +9,8 @@ use anyhow::{Context, Result, anyhow};
 use plotters::prelude::*;
 use plotters::style::FontStyle;
 
-use super::trainer::EpochLog;
-use crate::dataset::metrics::ConfusionMatrix;
+use super::history::EpochLog;
+use crate::dataset::scores::ConfusionMatrix;
 use crate::synth::Class;
 
 /// A curve: legend label, colour, and the value it plots per epoch.

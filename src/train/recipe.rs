@@ -16,16 +16,16 @@ use anyhow::{Context, Result, bail};
 use burn::module::Module;
 use serde::{Deserialize, Serialize};
 
+use super::cnn::{Cnn, CnnConfig};
 use super::data::{AugmentConfig, Splits, StudentRead, load_splits, to_square};
-use super::export::{ExportReport, export_checked};
 use super::loss::LossWeights;
-use super::model::{Cnn, CnnConfig};
+use super::to_onnx::{ExportReport, export_checked};
 use super::trainer::{LrSchedule, Teacher, TrainOutcome, TrainSpec, devices, train};
-use crate::dataset::metrics::mean_std;
+use crate::build::export::ExportInfo;
+use crate::dataset::scores::mean_std;
 use crate::dataset::synthetic::PatchKind;
 use crate::dataset::{DataSet, Layout};
-use crate::export::ExportInfo;
-use crate::model::{Role, Training};
+use crate::model::contract::{Role, Training};
 use crate::synth::Class;
 
 /// The paper's published Student recipe at 2.5×: CE + FM 0.1 + AT+ 10, KD off.
@@ -534,7 +534,17 @@ fn train_and_export(
 
 /// Runs the recipe, ships the chosen models and writes its section of `RESULTS.md`;
 /// returns every run.
-pub fn run(cfg: &RecipeConfig) -> Result<Vec<RunRecord>> {
+/// What a recipe run leaves for its RESULTS.md section (`results::write_section`).
+pub struct RecipeOutcome {
+    pub data: DataSet,
+    pub records: Vec<RunRecord>,
+    /// The AT+ weight chosen on validation, per magnification (µm/px × 100).
+    pub chosen_at_plus: BTreeMap<u32, f32>,
+    pub teacher: CnnConfig,
+    pub seconds: f64,
+}
+
+pub fn run(cfg: &RecipeConfig) -> Result<RecipeOutcome> {
     let started = Instant::now();
     std::fs::create_dir_all(&cfg.out)
         .with_context(|| format!("cannot create {}", cfg.out.display()))?;
@@ -707,24 +717,13 @@ pub fn run(cfg: &RecipeConfig) -> Result<Vec<RunRecord>> {
     if let Some(dir) = &cfg.models_dir {
         ship(cfg, dir, &data, &records, &chosen_at_plus)?;
     }
-    let section = super::results::results_markdown(
-        cfg,
-        &data,
-        &records,
-        &chosen_at_plus,
-        &t_cfg,
-        started.elapsed().as_secs_f64(),
-    );
-    let existing = std::fs::read_to_string(&cfg.results).unwrap_or_default();
-    let text = super::results::splice_section(&existing, &cfg.results_section, &section);
-    std::fs::write(&cfg.results, text)
-        .with_context(|| format!("cannot write {}", cfg.results.display()))?;
-    eprintln!(
-        "wrote {} ({:.0} s)",
-        cfg.results.display(),
-        started.elapsed().as_secs_f64()
-    );
-    Ok(records)
+    Ok(RecipeOutcome {
+        data,
+        records,
+        chosen_at_plus,
+        teacher: t_cfg,
+        seconds: started.elapsed().as_secs_f64(),
+    })
 }
 
 fn fmt_weight(w: f32) -> String {

@@ -6,10 +6,12 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use super::model::CnnConfig;
-use super::recipe::{Method, PAPER_AT_PLUS, PAPER_FM, RecipeConfig, RunRecord, fmt_mag, val_qwk};
+use super::cnn::CnnConfig;
+use super::recipe::{
+    Method, PAPER_AT_PLUS, PAPER_FM, RecipeConfig, RecipeOutcome, RunRecord, fmt_mag, val_qwk,
+};
 use crate::dataset::DataSet;
-use crate::dataset::metrics::{mean_std, paired_difference};
+use crate::dataset::scores::{mean_std, paired_difference};
 
 /// Replaces the text between this section's markers in `existing` with `body` (or adds
 /// the section before the hand-written part, or at the end), keeping everything else:
@@ -46,6 +48,24 @@ fn cell(values: &[f64]) -> String {
     } else {
         format!("{:.1} ± {:.1}", 100.0 * m, 100.0 * s)
     }
+}
+
+/// Writes (or replaces) `cfg.results_section` of `cfg.results` with `outcome`'s figures.
+pub fn write_section(cfg: &RecipeConfig, outcome: &RecipeOutcome) -> anyhow::Result<()> {
+    let section = results_markdown(
+        cfg,
+        &outcome.data,
+        &outcome.records,
+        &outcome.chosen_at_plus,
+        &outcome.teacher,
+        outcome.seconds,
+    );
+    let existing = std::fs::read_to_string(&cfg.results).unwrap_or_default();
+    let text = splice_section(&existing, &cfg.results_section, &section);
+    std::fs::write(&cfg.results, text)
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", cfg.results.display()))?;
+    eprintln!("wrote {} ({:.0} s)", cfg.results.display(), outcome.seconds);
+    Ok(())
 }
 
 /// The generated section: the table in the paper's shape (mean ± std and n per row),

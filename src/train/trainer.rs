@@ -15,13 +15,14 @@ use burn::tensor::{Device, Tensor, TensorData};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
+use super::cnn::{Cnn, CnnConfig, floats};
 use super::data::{
     AugmentConfig, ImageSet, Splits, StudentRead, augment, balanced_epoch, one_hot, rng_for,
     student_view, to_tensor,
 };
+use super::history::EpochLog;
 use super::loss::{LossWeights, at_plus, cross_entropy, feature_matching, knowledge_distillation};
-use super::model::{Cnn, CnnConfig};
-use crate::dataset::metrics::Metrics;
+use crate::dataset::scores::Metrics;
 
 /// Everything one run needs besides the data.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -150,13 +151,13 @@ impl Teacher {
         keys: Option<&[(u64, usize, usize)]>,
         plain: &Device,
         ad: &Device,
-    ) -> TeacherBatch {
+    ) -> anyhow::Result<TeacherBatch> {
         let Some(keys) = keys else {
             let out = self.model.forward(to_tensor(views, self.input_size, plain));
-            return TeacherBatch {
+            return Ok(TeacherBatch {
                 logits: out.logits.autodiff(),
                 features: out.features.autodiff(),
-            };
+            });
         };
         let missing: Vec<usize> = {
             let entries = self.cache.entries.borrow();
@@ -177,16 +178,8 @@ impl Teacher {
                 .forward(to_tensor(&batch, self.input_size, plain));
             let [n, classes] = out.logits.dims();
             let per = out.features.dims().iter().skip(1).product::<usize>();
-            let logits = out
-                .logits
-                .into_data()
-                .try_into_vec::<f32>()
-                .unwrap_or_default();
-            let features = out
-                .features
-                .into_data()
-                .try_into_vec::<f32>()
-                .unwrap_or_default();
+            let logits = floats(out.logits.into_data())?;
+            let features = floats(out.features.into_data())?;
             let mut entries = self.cache.entries.borrow_mut();
             for (j, &i) in missing.iter().enumerate().take(n) {
                 entries.insert(
@@ -211,10 +204,10 @@ impl Teacher {
             }
         }
         let n = keys.len();
-        TeacherBatch {
+        Ok(TeacherBatch {
             logits: Tensor::from_data(TensorData::new(logits, [n, classes]), ad),
             features: Tensor::from_data(TensorData::new(features, [n, k, h, w]), ad),
-        }
+        })
     }
 
     /// `[1, K, h, w]` of the Teacher's last feature map.
@@ -236,21 +229,6 @@ pub struct Trainable {
     pub net: Cnn,
     /// `[k_teacher, k_student]`, only when FM is on and the channel counts differ.
     pub adapter: Option<Param<Tensor<2>>>,
-}
-
-/// One line of the training history.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct EpochLog {
-    pub epoch: usize,
-    pub loss: f64,
-    pub ce: f64,
-    pub kd: f64,
-    pub fm: f64,
-    pub at_plus: f64,
-    pub val_balanced_accuracy: f64,
-    pub val_qwk: f64,
-    pub val_macro_f1: f64,
-    pub images_per_sec: f64,
 }
 
 /// What is saved beside the checkpoint so a run can resume.
@@ -440,7 +418,7 @@ pub fn train(
             let mut parts = [0f64; 4];
             parts[0] = scalar(&ce);
             if let Some(t) = teacher.filter(|_| w.needs_teacher()) {
-                let tout = t.outputs(&refs, pooled.then_some(&keys[..]), &plain, &ad);
+                let tout = t.outputs(&refs, pooled.then_some(&keys[..]), &plain, &ad)?;
                 let t_logits = tout.logits;
                 let t_features = tout.features;
                 if w.kd != 0.0 {
@@ -506,7 +484,7 @@ pub fn train(
         let secs = started.elapsed().as_secs_f64();
         total_images += order.len();
         total_secs += secs;
-        let val = evaluate(&trainable.net.valid(), &data.val, &plain);
+        let val = evaluate(&trainable.net.valid(), &data.val, &plain)?;
         let n = steps.max(1) as f64;
         let log = EpochLog {
             epoch: epoch + 1,
@@ -551,11 +529,11 @@ pub fn train(
         .try_load_file(run_dir.join(BEST_FILE))
         .map_err(|e| anyhow::anyhow!("cannot load best model: {e:?}"))?
         .valid();
-    let val = evaluate(&best, &data.val, &plain);
+    let val = evaluate(&best, &data.val, &plain)?;
     let test = if data.test.is_empty() {
         val.clone()
     } else {
-        evaluate(&best, &data.test, &plain)
+        evaluate(&best, &data.test, &plain)?
     };
     let images_per_sec = if total_secs > 0.0 {
         total_images as f64 / total_secs
@@ -590,14 +568,14 @@ fn scalar(t: &Tensor<1>) -> f64 {
 }
 
 /// Predicted class of every image of `set` (model in inference mode).
-pub fn predict(model: &Cnn, set: &ImageSet, device: &Device) -> Vec<usize> {
+pub fn predict(model: &Cnn, set: &ImageSet, device: &Device) -> anyhow::Result<Vec<usize>> {
     let size = model.input_size as u32;
     let mut out = Vec::with_capacity(set.len());
     for chunk in set.images.chunks(64) {
         let refs: Vec<_> = chunk.iter().collect();
         let logits = model.forward(to_tensor(&refs, size, device)).logits;
         let [n, c] = logits.dims();
-        let v = logits.into_data().try_into_vec::<f32>().unwrap_or_default();
+        let v = floats(logits.into_data())?;
         for i in 0..n {
             let row = &v[i * c..(i + 1) * c];
             let arg = (0..c)
@@ -606,12 +584,16 @@ pub fn predict(model: &Cnn, set: &ImageSet, device: &Device) -> Vec<usize> {
             out.push(arg);
         }
     }
-    out
+    Ok(out)
 }
 
-pub fn evaluate(model: &Cnn, set: &ImageSet, device: &Device) -> Metrics {
-    let predicted = predict(model, set, device);
-    Metrics::from_labels(&set.labels, &predicted, model.weight.val().dims()[0])
+pub fn evaluate(model: &Cnn, set: &ImageSet, device: &Device) -> anyhow::Result<Metrics> {
+    let predicted = predict(model, set, device)?;
+    Ok(Metrics::from_labels(
+        &set.labels,
+        &predicted,
+        model.weight.val().dims()[0],
+    ))
 }
 
 #[cfg(test)]

@@ -1,0 +1,98 @@
+//! A finished job as a LIS message: FHIR R4 Bundle or HL7 v2 ORU^R01.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+
+use super::error::{ApiError, JobErrors, KeyedErrors};
+use super::state::AppState;
+
+use super::jobs::load_job;
+use super::results::{JobPath, job_file};
+
+/// The part of result.json the LIMS messages need.
+#[derive(Deserialize)]
+struct ResultSummary {
+    outcome: crate::grade::pipeline::Outcome,
+    grade: Option<crate::grade::rule::Grade>,
+    confidence: Option<f64>,
+    model: ResultModel,
+    slide: ResultSlide,
+}
+
+#[derive(Deserialize)]
+struct ResultModel {
+    name: String,
+    version: String,
+    onnx_sha256: String,
+}
+
+#[derive(Deserialize)]
+struct ResultSlide {
+    file_name: String,
+}
+
+/// Builds the LIMS message context of a finished job from its stored outputs.
+async fn report_context(
+    state: &AppState,
+    headers: &HeaderMap,
+    id: &str,
+) -> Result<crate::output::lims::ReportContext, ApiError> {
+    let result = job_file(state, headers, id, "result.json", "application/json").await?;
+    let bytes = axum::body::to_bytes(result.into_body(), usize::MAX)
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let summary: ResultSummary = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::Internal(format!("unreadable result.json: {e}")))?;
+    let job = load_job(state, id)?;
+    let overlay = tokio::fs::read(job.out_dir.join("overlay.png")).await.ok();
+    let issued =
+        std::time::UNIX_EPOCH + Duration::from_secs(job.finished_at.unwrap_or(job.created_at));
+    Ok(crate::output::lims::ReportContext {
+        job_id: job.id,
+        accession_number: job.request.accession_number,
+        specimen_id: job.request.specimen_id,
+        slide_name: summary.slide.file_name,
+        issued,
+        outcome: summary.outcome,
+        grade: summary.grade,
+        confidence: summary.confidence,
+        model_name: summary.model.name,
+        model_version: summary.model.version,
+        model_sha256: summary.model.onnx_sha256,
+        overlay_png: overlay,
+    })
+}
+
+#[utoipa::path(get, path = "/v1/jobs/{id}/fhir", tag = "results", description = "FHIR R4 Bundle (collection): DiagnosticReport, Observations for Gleason score, ISUP grade group and tumour %, the overlay as presentedForm, the model as a Device. Role: read.", params(("id" = String, Path, description = "job id")), responses((status = 200, description = "FHIR Bundle", body = Object, content_type = "application/fhir+json"), JobErrors, KeyedErrors))]
+pub(super) async fn job_fhir(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    axum::extract::Path(id): JobPath,
+) -> Result<Response, ApiError> {
+    let context = report_context(&state, &headers, &id).await?;
+    Ok((
+        [(header::CONTENT_TYPE, "application/fhir+json")],
+        Json(crate::output::lims::fhir::bundle(&context)),
+    )
+        .into_response())
+}
+
+#[utoipa::path(get, path = "/v1/jobs/{id}/hl7", tag = "results", description = "HL7 v2.5.1 ORU^R01 message with OBX segments (segments end in CR). Role: read.", params(("id" = String, Path, description = "job id")), responses((status = 200, description = "HL7 v2 message", body = String, content_type = "x-application/hl7-v2+er7"), JobErrors, KeyedErrors))]
+pub(super) async fn job_hl7(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    axum::extract::Path(id): JobPath,
+) -> Result<Response, ApiError> {
+    let context = report_context(&state, &headers, &id).await?;
+    Ok((
+        [(header::CONTENT_TYPE, "x-application/hl7-v2+er7")],
+        crate::output::lims::hl7::oru_r01(&context),
+    )
+        .into_response())
+}

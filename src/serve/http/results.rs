@@ -1,0 +1,112 @@
+//! A finished job's outputs: `result.json`, the overlay, heatmaps and tile tables.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, header};
+use axum::response::{IntoResponse, Response};
+
+use super::auth::authorize;
+use super::error::{ApiError, JobErrors, KeyedErrors};
+use super::state::AppState;
+use crate::output::report::GradeReport;
+
+use crate::serve::jobs::store::KeyRole;
+
+use super::jobs::load_job;
+
+/// Reads one output file of a finished job.
+pub async fn job_file(
+    state: &AppState,
+    headers: &HeaderMap,
+    id: &str,
+    file: &str,
+    content_type: &'static str,
+) -> Result<Response, ApiError> {
+    authorize(state, headers, KeyRole::Read, "read results")?;
+    let job = load_job(state, id)?;
+    match job.state {
+        crate::serve::jobs::store::JobState::Done => {}
+        crate::serve::jobs::store::JobState::Failed => {
+            return Err(ApiError::NotReady(format!(
+                "job failed: {}",
+                job.error.unwrap_or_default()
+            )));
+        }
+        other => return Err(ApiError::NotReady(format!("job is {}", other.as_str()))),
+    }
+    let path = job.out_dir.join(file);
+    let bytes = tokio::fs::read(&path)
+        .await
+        .map_err(|_| ApiError::NotFound(format!("job {id} has no {file}")))?;
+    Ok(([(header::CONTENT_TYPE, content_type)], Body::from(bytes)).into_response())
+}
+
+pub type JobPath = axum::extract::Path<String>;
+
+#[utoipa::path(get, path = "/v1/jobs/{id}/result", tag = "results", description = "result.json of a finished job. Role: read.", params(("id" = String, Path, description = "job id")), responses((status = 200, description = "the file", body = GradeReport, content_type = "application/json"), JobErrors, KeyedErrors))]
+pub(super) async fn job_result(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    axum::extract::Path(id): JobPath,
+) -> Result<Response, ApiError> {
+    job_file(&state, &headers, &id, "result.json", "application/json").await
+}
+
+#[utoipa::path(get, path = "/v1/jobs/{id}/overlay.png", tag = "results", description = "Grad-CAM overlay with legend. Role: read.", params(("id" = String, Path, description = "job id")), responses((status = 200, description = "the file", body = Vec<u8>, content_type = "image/png"), JobErrors, KeyedErrors))]
+pub(super) async fn job_overlay(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    axum::extract::Path(id): JobPath,
+) -> Result<Response, ApiError> {
+    job_file(&state, &headers, &id, "overlay.png", "image/png").await
+}
+
+#[utoipa::path(get, path = "/v1/jobs/{id}/tiles.geojson", tag = "results", description = "Tiles for QuPath (GeoJSON FeatureCollection). Role: read.", params(("id" = String, Path, description = "job id")), responses((status = 200, description = "the file", body = Object, content_type = "application/geo+json"), JobErrors, KeyedErrors))]
+pub(super) async fn job_geojson(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    axum::extract::Path(id): JobPath,
+) -> Result<Response, ApiError> {
+    job_file(
+        &state,
+        &headers,
+        &id,
+        "tiles.geojson",
+        "application/geo+json",
+    )
+    .await
+}
+
+#[utoipa::path(get, path = "/v1/jobs/{id}/tiles.csv", tag = "results", description = "Tiles in WSInfer CSV columns. Role: read.", params(("id" = String, Path, description = "job id")), responses((status = 200, description = "the file", body = String, content_type = "text/csv"), JobErrors, KeyedErrors))]
+pub(super) async fn job_csv(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    axum::extract::Path(id): JobPath,
+) -> Result<Response, ApiError> {
+    job_file(&state, &headers, &id, "tiles.csv", "text/csv").await
+}
+
+#[utoipa::path(get, path = "/v1/jobs/{id}/heatmap/{file}", tag = "results", description = "One class's Grad-CAM heatmap PNG (one pixel per CAM cell; placement in result.json `heatmap`). Role: read.", params(("id" = String, Path, description = "job id"), ("file" = String, Path, description = "`<class stem>.png`, as in result.json `heatmap.layers[].file`")), responses((status = 200, description = "PNG", body = Vec<u8>, content_type = "image/png"), JobErrors, KeyedErrors))]
+pub(super) async fn job_heatmap(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    axum::extract::Path((id, file)): axum::extract::Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let class = file.strip_suffix(".png").unwrap_or(&file);
+    let safe = crate::output::images::sanitise_file_stem(class);
+    if safe != class {
+        return Err(ApiError::NotFound(format!(
+            "no heatmap for class `{class}`"
+        )));
+    }
+    job_file(
+        &state,
+        &headers,
+        &id,
+        &format!("heatmap_{safe}.png"),
+        "image/png",
+    )
+    .await
+}

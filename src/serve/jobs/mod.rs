@@ -1,0 +1,333 @@
+//! Asynchronous grading jobs: the durable store, a pool of workers, and webhook delivery.
+//!
+//! A job is a row in the store before the API answers 202. Workers claim the oldest
+//! queued job, grade it on a blocking thread, write the outputs into the job's folder and
+//! record the outcome; a finished job with a callback URL gets a signed webhook. The queue
+//! is bounded by `queue_capacity` queued jobs: beyond it the API sheds load with 503.
+
+pub mod store;
+pub mod webhook;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Notify, watch};
+
+use crate::grade::pipeline::{GradeError, GradeOptions};
+use crate::grader::{Grader, GraderError};
+use crate::model::engine::EnginePool;
+
+use store::{Job, JobState, Store};
+
+/// The models a server grades with, by name.
+pub struct Models {
+    pub pools: BTreeMap<String, Arc<EnginePool>>,
+    /// Used when a request names no model (the rule: `model::registry::default_index`).
+    pub default: Option<String>,
+}
+
+impl Models {
+    pub fn new(pools: Vec<Arc<EnginePool>>) -> Models {
+        let default = crate::model::registry::default_index(pools.iter().map(|p| p.manifest()))
+            .map(|i| pools[i].manifest().name.clone());
+        let pools = pools
+            .into_iter()
+            .map(|p| (p.manifest().name.clone(), p))
+            .collect();
+        Models { pools, default }
+    }
+
+    pub fn resolve(&self, name: Option<&str>) -> Option<(&str, &Arc<EnginePool>)> {
+        let name = name.or(self.default.as_deref())?;
+        self.pools.get_key_value(name).map(|(k, v)| (k.as_str(), v))
+    }
+}
+
+/// What a running job should do when its stop flag is raised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StopReason {
+    Cancel,
+    Shutdown,
+}
+
+struct Running {
+    flag: Arc<AtomicBool>,
+    reason: Option<StopReason>,
+}
+
+#[derive(Clone)]
+pub struct JobSettings {
+    /// Grading workers. 0 accepts and queues jobs without grading them (maintenance).
+    pub workers: usize,
+    pub queue_capacity: u64,
+    /// Folder for uploads and job outputs.
+    pub data_dir: PathBuf,
+    pub grade: GradeOptions,
+    pub webhook: webhook::WebhookSettings,
+}
+
+/// Starts a job may have. A job still `running` when a process starts was interrupted by
+/// a crash; after this many starts it fails as `interrupted` instead of going back in the
+/// queue (see [`store::Store::recover_interrupted`]).
+pub const MAX_ATTEMPTS: u32 = 3;
+
+pub struct Jobs {
+    pub store: Arc<Store>,
+    pub models: Arc<Models>,
+    pub settings: JobSettings,
+    wake: Notify,
+    running: Mutex<HashMap<String, Running>>,
+    /// Cleared when shutdown starts: submissions are refused from then on, even while
+    /// the HTTP server still finishes the connections it has.
+    accepting: AtomicBool,
+}
+
+impl Jobs {
+    pub fn new(store: Arc<Store>, models: Arc<Models>, settings: JobSettings) -> Arc<Jobs> {
+        Arc::new(Jobs {
+            store,
+            models,
+            settings,
+            wake: Notify::new(),
+            running: Mutex::new(HashMap::new()),
+            accepting: AtomicBool::new(true),
+        })
+    }
+
+    pub fn uploads_dir(&self) -> PathBuf {
+        self.settings.data_dir.join("uploads")
+    }
+
+    pub fn results_dir(&self, id: &str) -> PathBuf {
+        self.settings.data_dir.join("results").join(id)
+    }
+
+    /// Whether the queue can take another job.
+    pub fn has_room(&self) -> Result<bool, store::StoreError> {
+        Ok(self.store.count_in_state(JobState::Queued)? < self.settings.queue_capacity)
+    }
+
+    /// Whether new jobs are taken (false once shutdown has started).
+    pub fn is_accepting(&self) -> bool {
+        self.accepting.load(Ordering::SeqCst)
+    }
+
+    /// Refuses new jobs from now on (shutdown).
+    pub fn stop_accepting(&self) {
+        self.accepting.store(false, Ordering::SeqCst);
+    }
+
+    /// Wakes a worker after a job was queued.
+    pub fn notify(&self) {
+        self.refresh_queue_gauge();
+        self.wake.notify_one();
+    }
+
+    fn refresh_queue_gauge(&self) {
+        if let Ok(n) = self.store.count_in_state(JobState::Queued) {
+            crate::telemetry::global().queue_depth.set(n as i64);
+        }
+    }
+
+    fn running(&self) -> std::sync::MutexGuard<'_, HashMap<String, Running>> {
+        self.running.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Cancels a job: a queued one at once, a running one at its next batch. Returns
+    /// false when the job had already finished.
+    pub fn cancel(&self, id: &str) -> Result<bool, store::StoreError> {
+        if self.store.cancel_if_queued(id)? {
+            self.refresh_queue_gauge();
+            return Ok(true);
+        }
+        if let Some(run) = self.running().get_mut(id) {
+            run.reason = Some(StopReason::Cancel);
+            run.flag.store(true, Ordering::Relaxed);
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    pub fn running_count(&self) -> usize {
+        self.running().len()
+    }
+
+    /// Starts the workers; they stop claiming jobs when `shutdown` turns true.
+    pub fn spawn_workers(
+        self: &Arc<Self>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Vec<tokio::task::JoinHandle<()>> {
+        (0..self.settings.workers)
+            .map(|_| {
+                let jobs = self.clone();
+                let shutdown = shutdown.clone();
+                tokio::spawn(async move { jobs.worker(shutdown).await })
+            })
+            .collect()
+    }
+
+    async fn worker(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            let claimed = match self.store.claim_next() {
+                Ok(job) => job,
+                Err(e) => {
+                    tracing::error!(%e, "cannot claim a job");
+                    None
+                }
+            };
+            let Some(job) = claimed else {
+                // Poll as a fallback: a notify can be missed between the check and the wait.
+                tokio::select! {
+                    _ = self.wake.notified() => {},
+                    _ = tokio::time::sleep(Duration::from_secs(2)) => {},
+                    _ = shutdown.changed() => {},
+                }
+                continue;
+            };
+            self.refresh_queue_gauge();
+            let jobs = self.clone();
+            let id = job.id.clone();
+            if let Err(e) = tokio::task::spawn_blocking(move || jobs.run(job)).await {
+                tracing::error!(job = %id, %e, "grading thread panicked");
+                let _ =
+                    self.store
+                        .finish(&id, JobState::Failed, Some(("internal error", "internal")));
+            }
+        }
+    }
+
+    /// Asks running jobs to stop and go back to the queue (graceful shutdown after the
+    /// grace period). They stop at their next batch.
+    pub fn requeue_running(&self) {
+        for run in self.running().values_mut() {
+            run.reason = Some(StopReason::Shutdown);
+            run.flag.store(true, Ordering::Relaxed);
+        }
+    }
+
+    fn run(&self, job: Job) {
+        let started = Instant::now();
+        let flag = Arc::new(AtomicBool::new(false));
+        self.running().insert(
+            job.id.clone(),
+            Running {
+                flag: flag.clone(),
+                reason: None,
+            },
+        );
+        let metrics = crate::telemetry::global();
+        metrics.jobs_running.inc();
+        tracing::info!(job = %job.id, attempt = job.attempts, "job started");
+        let outcome = self.grade(&job, flag);
+        metrics.jobs_running.dec();
+        let reason = self.running().remove(&job.id).and_then(|r| r.reason);
+        let (state, error) = match outcome {
+            Ok(()) => (JobState::Done, None),
+            Err(GradeFailure::Grade(GraderError::Grade(GradeError::Stopped)))
+                if reason == Some(StopReason::Shutdown) =>
+            {
+                if let Err(e) = self.store.requeue(&job.id) {
+                    tracing::error!(job = %job.id, %e, "cannot requeue");
+                }
+                tracing::info!(job = %job.id, "job requeued for shutdown");
+                return;
+            }
+            Err(GradeFailure::Grade(GraderError::Grade(GradeError::Stopped))) => {
+                (JobState::Cancelled, None)
+            }
+            Err(e) => (JobState::Failed, Some((e.to_string(), e.kind()))),
+        };
+        let error_ref = error.as_ref().map(|(m, k)| (m.as_str(), *k));
+        if let Err(e) = self.store.finish(&job.id, state, error_ref) {
+            tracing::error!(job = %job.id, %e, "cannot record job outcome");
+        }
+        metrics
+            .jobs_finished
+            .with_label_values(&[state.as_str()])
+            .inc();
+        tracing::info!(
+            job = %job.id,
+            state = state.as_str(),
+            error_type = error.as_ref().map_or("", |e| e.1),
+            seconds = started.elapsed().as_secs_f64(),
+            "job finished"
+        );
+        if let Some(url) = &job.request.callback_url
+            && let Ok(Some(finished)) = self.store.get(&job.id)
+        {
+            let payload = webhook::payload(&finished);
+            if let Err(e) = self.store.enqueue_delivery(&job.id, url, &payload) {
+                tracing::error!(job = %job.id, %e, "cannot queue webhook");
+            }
+        }
+    }
+
+    fn grade(&self, job: &Job, stop: Arc<AtomicBool>) -> Result<(), GradeFailure> {
+        let (_, pool) = self
+            .models
+            .resolve(job.request.model.as_deref())
+            .ok_or_else(|| GradeFailure::Model(job.request.model.clone().unwrap_or_default()))?;
+        let options = GradeOptions {
+            mpp_override: job.request.mpp,
+            stop: Some(stop),
+            ..self.settings.grade.clone()
+        };
+        let mut last_update = Instant::now();
+        Grader::new(pool, options).grade(
+            &job.slide_path,
+            Some(&job.out_dir),
+            &mut |done, total| {
+                // Progress goes to the store at most twice a second, and always at the end.
+                if done == total || last_update.elapsed() > Duration::from_millis(500) {
+                    last_update = Instant::now();
+                    let _ = self.store.set_progress(&job.id, done as u64, total as u64);
+                }
+            },
+        )?;
+        Ok(())
+    }
+
+    /// Deletes the files of jobs finished more than `max_age` ago, and their uploads.
+    pub fn clean_up(&self, max_age: Duration) -> Result<usize, store::StoreError> {
+        let before = store::now().saturating_sub(max_age.as_secs());
+        let old = self.store.finished_before(before)?;
+        for job in &old {
+            remove_job_files(job);
+            self.store.delete(&job.id)?;
+        }
+        Ok(old.len())
+    }
+}
+
+/// Removes a job's outputs and, if the store owns it, its uploaded slide.
+pub fn remove_job_files(job: &Job) {
+    let _ = std::fs::remove_dir_all(&job.out_dir);
+    if job.uploaded
+        && let Some(dir) = job.slide_path.parent()
+    {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum GradeFailure {
+    #[error(transparent)]
+    Grade(#[from] GraderError),
+    #[error("model `{0}` is not loaded")]
+    Model(String),
+}
+
+impl GradeFailure {
+    fn kind(&self) -> &'static str {
+        match self {
+            GradeFailure::Grade(e) => e.kind(),
+            GradeFailure::Model(_) => "model_not_found",
+        }
+    }
+}
