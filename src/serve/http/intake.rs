@@ -29,6 +29,7 @@ use super::jobs::{JobView, job_view};
 #[serde(deny_unknown_fields)]
 pub struct PathSubmission {
     /// The slide's path, under one of the server's shared roots.
+    #[schema(min_length = 1)]
     pub path: String,
     #[serde(flatten)]
     pub options: JobRequest,
@@ -38,6 +39,7 @@ pub struct PathSubmission {
 /// a text part. Only the OpenAPI document uses this type: `receive_upload` streams the
 /// parts to disk as they come.
 #[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 #[allow(dead_code, reason = "a schema for the OpenAPI document only")]
 pub struct SlideUpload {
     /// The slide file.
@@ -45,6 +47,44 @@ pub struct SlideUpload {
     pub slide: Vec<u8>,
     #[serde(flatten)]
     pub options: JobRequest,
+}
+
+/// What `POST /v1/grade` takes beside the slide: a submission's fields without
+/// `callback_url` (the answer is the response itself). Schema only: the handler reads a
+/// [`PathSubmission`] or the form and refuses a `callback_url` with 400.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[allow(dead_code, reason = "a schema for the OpenAPI document only")]
+pub struct SyncOptions {
+    /// A loaded model's name (`GET /v1/models`); default: the server's default model.
+    model: Option<String>,
+    /// Level-0 µm per pixel, for slides that do not record it (overrides the metadata).
+    #[schema(exclusive_minimum = 0.0, exclusive_maximum = 1000.0)]
+    mpp: Option<f64>,
+    accession_number: Option<String>,
+    specimen_id: Option<String>,
+}
+
+/// The JSON form of `POST /v1/grade` (schema only; see [`SyncOptions`]).
+#[derive(Deserialize, utoipa::ToSchema)]
+#[allow(dead_code, reason = "a schema for the OpenAPI document only")]
+pub struct SyncPathSubmission {
+    /// The slide's path, under one of the server's shared roots.
+    #[schema(min_length = 1)]
+    path: String,
+    #[serde(flatten)]
+    options: SyncOptions,
+}
+
+/// The multipart form of `POST /v1/grade` (schema only; see [`SyncOptions`]).
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code, reason = "a schema for the OpenAPI document only")]
+pub struct SyncSlideUpload {
+    /// The slide file.
+    #[schema(value_type = String, format = Binary)]
+    slide: Vec<u8>,
+    #[serde(flatten)]
+    options: SyncOptions,
 }
 
 /// Parses the JSON form of a submission (pure, so the fuzzer can reach it).
@@ -242,7 +282,8 @@ async fn receive_upload(
             } else {
                 let text = field.text().await.map_err(multipart_error)?;
                 let text = text.trim().to_string();
-                let value = (!text.is_empty()).then_some(text);
+                // An empty field, or `null` (as JSON spells "no value"), is absent.
+                let value = (!text.is_empty() && text != "null").then_some(text);
                 match name.as_str() {
                     "model" => options.model = value,
                     "accession_number" => options.accession_number = value,
@@ -347,7 +388,7 @@ fn request_hash(slide: &AcceptedSlide) -> String {
     hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
 }
 
-#[utoipa::path(post, path = "/v1/slides", tag = "jobs", description = "Submit a slide for grading: multipart (`slide` file + optional `model`, `mpp`, `accession_number`, `specimen_id`, `callback_url` fields) or JSON `{\"path\": ..., ...}` under a shared root. Honours `Idempotency-Key`. Role: submit.", params(("Idempotency-Key" = Option<String>, Header, description = "repeat a submission safely: the same key and request give the same job")), request_body(content((SlideUpload = "multipart/form-data"), (PathSubmission = "application/json"))), responses((status = 202, description = "accepted; Location names the job", body = JobView), SubmissionErrors, KeyedErrors))]
+#[utoipa::path(post, path = "/v1/slides", tag = "jobs", description = "Submit a slide for grading: multipart (`slide` file + optional `model`, `mpp`, `accession_number`, `specimen_id`, `callback_url` fields) or JSON `{\"path\": ..., ...}` under a shared root. Honours `Idempotency-Key`. Role: submit.", params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[!-~]+$", description = "repeat a submission safely: the same key and request give the same job (visible ASCII, 1–255 characters)")), request_body(content((SlideUpload = "multipart/form-data"), (PathSubmission = "application/json"))), responses((status = 202, description = "accepted; Location names the job", body = JobView), SubmissionErrors, KeyedErrors))]
 pub(super) async fn submit_slide(
     State(state): State<Arc<AppState>>,
     request: Request,
@@ -426,7 +467,7 @@ pub(super) async fn submit_slide(
 }
 
 /// Grades a small slide within the request and answers with the result JSON.
-#[utoipa::path(post, path = "/v1/grade", tag = "jobs", description = "Grade a small slide within the request (up to --sync-max-megapixels level-0 megapixels and --sync-timeout-secs); the same bodies as POST /v1/slides, without `callback_url`. Role: submit.", request_body(content((SlideUpload = "multipart/form-data"), (PathSubmission = "application/json"))), responses((status = 200, description = "the result, as result.json", body = GradeReport), SubmissionErrors, KeyedErrors))]
+#[utoipa::path(post, path = "/v1/grade", tag = "jobs", description = "Grade a small slide within the request (up to --sync-max-megapixels level-0 megapixels and --sync-timeout-secs); the same bodies as POST /v1/slides, without `callback_url`. Role: submit.", request_body(content((SyncSlideUpload = "multipart/form-data"), (SyncPathSubmission = "application/json"))), responses((status = 200, description = "the result, as result.json", body = GradeReport), SubmissionErrors, KeyedErrors))]
 pub(super) async fn grade_now(
     State(state): State<Arc<AppState>>,
     request: Request,

@@ -36,12 +36,57 @@ pub struct Readiness {
 
 /// One loaded model in `GET /v1/models`: its manifest, the execution provider it runs on,
 /// and whether requests that name no model get it.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Serialize)]
 pub struct ModelEntry {
     pub provider: &'static str,
     pub default: bool,
     #[serde(flatten)]
     pub manifest: Manifest,
+}
+
+/// The schema of [`ModelEntry`]: the manifest's properties plus `provider` and `default`.
+/// Written out because the manifest refuses unknown fields (`additionalProperties:
+/// false`), which a derived `allOf` would apply to `provider` and `default` too.
+impl utoipa::PartialSchema for ModelEntry {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{Object, ObjectBuilder, Schema, Type};
+        let mut object = match <Manifest as utoipa::PartialSchema>::schema() {
+            utoipa::openapi::RefOr::T(Schema::Object(object)) => object,
+            _ => Object::new(),
+        };
+        object.additional_properties = None;
+        object.properties.insert(
+            "provider".into(),
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .description(Some(
+                    "the execution provider the model runs on: cpu or cuda",
+                ))
+                .into(),
+        );
+        object.properties.insert(
+            "default".into(),
+            ObjectBuilder::new()
+                .schema_type(Type::Boolean)
+                .description(Some("requests that name no model get this one"))
+                .into(),
+        );
+        object
+            .required
+            .extend(["provider".into(), "default".into()]);
+        Schema::Object(object).into()
+    }
+}
+
+impl utoipa::ToSchema for ModelEntry {
+    fn schemas(
+        schemas: &mut Vec<(
+            String,
+            utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+        )>,
+    ) {
+        <Manifest as utoipa::ToSchema>::schemas(schemas);
+    }
 }
 
 /// `GET /v1/models`.

@@ -59,10 +59,16 @@ impl JobState {
 /// each as a text field).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct JobRequest {
+    /// A loaded model's name (`GET /v1/models`); default: the server's default model.
     pub model: Option<String>,
+    /// Level-0 µm per pixel, for slides that do not record it (overrides the metadata).
+    #[schema(exclusive_minimum = 0.0, exclusive_maximum = 1000.0)]
     pub mpp: Option<f64>,
     pub accession_number: Option<String>,
     pub specimen_id: Option<String>,
+    /// An http(s) URL that gets the finished job, signed (`POST /v1/slides` only; the
+    /// server needs `--webhook-secret`).
+    #[schema(pattern = "^https?://[^/]+")]
     pub callback_url: Option<String>,
 }
 
