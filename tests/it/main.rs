@@ -3,6 +3,7 @@
 
 mod common;
 
+mod api_conformance;
 mod architecture;
 mod cli;
 mod dataset_layouts;

@@ -24,58 +24,81 @@ use crate::slide::Slide;
 
 use super::jobs::{JobView, job_view};
 
-/// The JSON form of a submission: a slide already on a shared volume.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
+/// The JSON form of a submission: a slide already on a shared volume (its schema:
+/// [`PathSubmissionBody`]).
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PathSubmission {
     /// The slide's path, under one of the server's shared roots.
-    #[schema(min_length = 1)]
     pub path: String,
     #[serde(flatten)]
     pub options: JobRequest,
 }
 
-/// The multipart form of a submission: the slide file and the same optional fields, each
-/// a text part. Only the OpenAPI document uses this type: `receive_upload` streams the
-/// parts to disk as they come.
+/// The multipart form of a submission: the slide file and the optional fields of
+/// [`JobRequest`], each a text part (an empty part, or `null`, is absent). Only the
+/// OpenAPI document uses this type: `receive_upload` streams the parts to disk as they
+/// come. The fields are listed, not flattened, so that the schema can refuse parts the
+/// server refuses (`additionalProperties: false`).
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 #[allow(dead_code, reason = "a schema for the OpenAPI document only")]
 pub struct SlideUpload {
     /// The slide file.
     #[schema(value_type = String, format = Binary)]
-    pub slide: Vec<u8>,
-    #[serde(flatten)]
-    pub options: JobRequest,
-}
-
-/// What `POST /v1/grade` takes beside the slide: a submission's fields without
-/// `callback_url` (the answer is the response itself). Schema only: the handler reads a
-/// [`PathSubmission`] or the form and refuses a `callback_url` with 400.
-#[derive(Deserialize, utoipa::ToSchema)]
-#[allow(dead_code, reason = "a schema for the OpenAPI document only")]
-pub struct SyncOptions {
-    /// A loaded model's name (`GET /v1/models`); default: the server's default model.
+    slide: Vec<u8>,
+    /// See [`JobRequest`].
     model: Option<String>,
-    /// Level-0 µm per pixel, for slides that do not record it (overrides the metadata).
     #[schema(exclusive_minimum = 0.0, exclusive_maximum = 1000.0)]
     mpp: Option<f64>,
+    #[schema(max_length = 128, pattern = "^[^|^~\\\\&\\r\\n]*$")]
     accession_number: Option<String>,
+    #[schema(max_length = 128, pattern = "^[^|^~\\\\&\\r\\n]*$")]
+    specimen_id: Option<String>,
+    #[schema(pattern = "^https?://[^/]+")]
+    callback_url: Option<String>,
+}
+
+/// The JSON form of `POST /v1/slides` as the OpenAPI document states it: [`PathSubmission`]
+/// with its fields listed, so that the schema refuses fields the server refuses
+/// (`additionalProperties: false`).
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code, reason = "a schema for the OpenAPI document only")]
+pub struct PathSubmissionBody {
+    /// The slide's path, under one of the server's shared roots.
+    #[schema(min_length = 1, pattern = "^[^\\x00]+$")]
+    path: String,
+    /// See [`JobRequest`].
+    model: Option<String>,
+    #[schema(exclusive_minimum = 0.0, exclusive_maximum = 1000.0)]
+    mpp: Option<f64>,
+    #[schema(max_length = 128, pattern = "^[^|^~\\\\&\\r\\n]*$")]
+    accession_number: Option<String>,
+    #[schema(max_length = 128, pattern = "^[^|^~\\\\&\\r\\n]*$")]
+    specimen_id: Option<String>,
+    #[schema(pattern = "^https?://[^/]+")]
+    callback_url: Option<String>,
+}
+
+/// The JSON form of `POST /v1/grade` (schema only): [`PathSubmissionBody`] without
+/// `callback_url`.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code, reason = "a schema for the OpenAPI document only")]
+pub struct SyncPathSubmission {
+    #[schema(min_length = 1, pattern = "^[^\\x00]+$")]
+    path: String,
+    model: Option<String>,
+    #[schema(exclusive_minimum = 0.0, exclusive_maximum = 1000.0)]
+    mpp: Option<f64>,
+    #[schema(max_length = 128, pattern = "^[^|^~\\\\&\\r\\n]*$")]
+    accession_number: Option<String>,
+    #[schema(max_length = 128, pattern = "^[^|^~\\\\&\\r\\n]*$")]
     specimen_id: Option<String>,
 }
 
-/// The JSON form of `POST /v1/grade` (schema only; see [`SyncOptions`]).
-#[derive(Deserialize, utoipa::ToSchema)]
-#[allow(dead_code, reason = "a schema for the OpenAPI document only")]
-pub struct SyncPathSubmission {
-    /// The slide's path, under one of the server's shared roots.
-    #[schema(min_length = 1)]
-    path: String,
-    #[serde(flatten)]
-    options: SyncOptions,
-}
-
-/// The multipart form of `POST /v1/grade` (schema only; see [`SyncOptions`]).
+/// The multipart form of `POST /v1/grade` (schema only; see [`SlideUpload`]).
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 #[allow(dead_code, reason = "a schema for the OpenAPI document only")]
@@ -83,8 +106,14 @@ pub struct SyncSlideUpload {
     /// The slide file.
     #[schema(value_type = String, format = Binary)]
     slide: Vec<u8>,
-    #[serde(flatten)]
-    options: SyncOptions,
+    /// See [`JobRequest`].
+    model: Option<String>,
+    #[schema(exclusive_minimum = 0.0, exclusive_maximum = 1000.0)]
+    mpp: Option<f64>,
+    #[schema(max_length = 128, pattern = "^[^|^~\\\\&\\r\\n]*$")]
+    accession_number: Option<String>,
+    #[schema(max_length = 128, pattern = "^[^|^~\\\\&\\r\\n]*$")]
+    specimen_id: Option<String>,
 }
 
 /// Parses the JSON form of a submission (pure, so the fuzzer can reach it).
@@ -354,10 +383,9 @@ async fn validate(state: &AppState, slide: &AcceptedSlide) -> Result<(), ApiErro
         ("accession_number", &o.accession_number),
         ("specimen_id", &o.specimen_id),
     ] {
-        if value
-            .as_ref()
-            .is_some_and(|v| v.len() > 128 || v.contains(['|', '^', '~', '\\', '&', '\r', '\n']))
-        {
+        if value.as_ref().is_some_and(|v| {
+            v.chars().count() > 128 || v.contains(['|', '^', '~', '\\', '&', '\r', '\n'])
+        }) {
             return Err(ApiError::BadRequest(format!(
                 "`{field}` must be at most 128 characters without HL7 delimiters"
             )));
@@ -388,7 +416,7 @@ fn request_hash(slide: &AcceptedSlide) -> String {
     hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
 }
 
-#[utoipa::path(post, path = "/v1/slides", tag = "jobs", description = "Submit a slide for grading: multipart (`slide` file + optional `model`, `mpp`, `accession_number`, `specimen_id`, `callback_url` fields) or JSON `{\"path\": ..., ...}` under a shared root. Honours `Idempotency-Key`. Role: submit.", params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[!-~]+$", description = "repeat a submission safely: the same key and request give the same job (visible ASCII, 1–255 characters)")), request_body(content((SlideUpload = "multipart/form-data"), (PathSubmission = "application/json"))), responses((status = 202, description = "accepted; Location names the job", body = JobView), SubmissionErrors, KeyedErrors))]
+#[utoipa::path(post, path = "/v1/slides", tag = "jobs", description = "Submit a slide for grading: multipart (`slide` file + optional `model`, `mpp`, `accession_number`, `specimen_id`, `callback_url` fields) or JSON `{\"path\": ..., ...}` under a shared root. Honours `Idempotency-Key`. Role: submit.", params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[!-~]+$", description = "repeat a submission safely: the same key and request give the same job (visible ASCII, 1–255 characters)")), request_body(content((SlideUpload = "multipart/form-data"), (PathSubmissionBody = "application/json"))), responses((status = 202, description = "accepted; Location names the job", body = JobView), SubmissionErrors, KeyedErrors))]
 pub(super) async fn submit_slide(
     State(state): State<Arc<AppState>>,
     request: Request,

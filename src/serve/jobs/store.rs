@@ -64,7 +64,9 @@ pub struct JobRequest {
     /// Level-0 µm per pixel, for slides that do not record it (overrides the metadata).
     #[schema(exclusive_minimum = 0.0, exclusive_maximum = 1000.0)]
     pub mpp: Option<f64>,
+    #[schema(max_length = 128, pattern = "^[^|^~\\\\&\\r\\n]*$")]
     pub accession_number: Option<String>,
+    #[schema(max_length = 128, pattern = "^[^|^~\\\\&\\r\\n]*$")]
     pub specimen_id: Option<String>,
     /// An http(s) URL that gets the finished job, signed (`POST /v1/slides` only; the
     /// server needs `--webhook-secret`).
