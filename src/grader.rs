@@ -2,7 +2,7 @@
 //!
 //! Grading a slide and turning the result into a report is the same work whether the CLI,
 //! the synchronous endpoint, a job worker or the bench asks for it, so it is written once
-//! here: [`grade::pipeline`] finds tissue and scores the tiles, [`output::report`] builds
+//! here: [`crate::grade::pipeline`] finds tissue and scores the tiles, [`crate::output::report`] builds
 //! `result.json` and, when an output folder is given, writes every file into it. The
 //! stage times go to the Prometheus histograms on the way.
 

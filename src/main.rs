@@ -59,7 +59,7 @@ enum Command {
     /// Writes result.json, heatmap_<class>.png, overlay.png, tiles.csv and tiles.geojson.
     Grade(slidegrade::grader::GradeArgs),
     /// Internal: open a slide and decode its overview and first tile, for a server that
-    /// runs this in a child process (`wsi::isolated`). Prints JSON; exit 3 on a slide
+    /// runs this in a child process (`slide::isolated`). Prints JSON; exit 3 on a slide
     /// error.
     #[command(name = "probe-slide", hide = true)]
     ProbeSlide {

@@ -43,7 +43,7 @@ pub struct GradeOptions {
     pub stop: Option<Arc<AtomicBool>>,
     /// When set, the slide is first probed (opened, overview and first tile decoded) in a
     /// child process, so a file that crashes the C decoders fails the grade with
-    /// `decoder_crashed` instead of killing this process (see `wsi::isolated`).
+    /// `decoder_crashed` instead of killing this process (see `slide::isolated`).
     pub decoder: Option<crate::slide::isolated::Decoder>,
 }
 

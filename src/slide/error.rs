@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 /// Errors of the slide layer. Messages are one line and name what to do where possible;
 /// [`SlideError::kind`] gives a stable machine-readable tag.
 ///
-/// Serde: a decoder child process ([`isolated`]) reports its error to the server as JSON,
+/// Serde: a decoder child process ([`super::isolated`]) reports its error to the server as JSON,
 /// so that the error crossing the process boundary is the same variant.
 #[derive(Debug, thiserror::Error, Serialize, Deserialize)]
 pub enum SlideError {
@@ -46,7 +46,7 @@ pub enum SlideError {
     #[error("invalid resolution {0} µm per pixel: it must be a finite number > 0 and < 1000")]
     InvalidMpp(f64),
 
-    /// A read that would allocate more pixels than [`ReadLimits::max_pixels`].
+    /// A read that would allocate more pixels than [`super::ReadLimits::max_pixels`].
     #[error(
         "read of {requested_pixels} pixels exceeds the limit of {budget} pixels per read; \
          request a smaller region or a coarser µm/px"
@@ -59,7 +59,7 @@ pub enum SlideError {
     },
 
     /// The whole slide cannot be seen within the read budget: even its coarsest pyramid
-    /// level is over [`ReadLimits::max_pixels`] (a huge single-level file, or a header
+    /// level is over [`super::ReadLimits::max_pixels`] (a huge single-level file, or a header
     /// that claims absurd dimensions). Refused before anything is allocated.
     #[error(
         "slide of {width}x{height} px has no pyramid level small enough for an overview: \
@@ -78,7 +78,7 @@ pub enum SlideError {
     },
 
     /// The slide decoder (OpenSlide and its codecs, run in a child process) died or hung
-    /// on this file. Only [`isolated`] reports it; in-process, such a file would have
+    /// on this file. Only [`super::isolated`] reports it; in-process, such a file would have
     /// taken the whole server down.
     #[error("the slide decoder crashed on {}: {detail}; the file is damaged or malicious", .path.display())]
     DecoderCrashed {

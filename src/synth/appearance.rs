@@ -1,4 +1,4 @@
-//! Per-class morphology: the numbers that make NC, G3, G4 and G5 look the way they do.
+//! Per-class appearance: the numbers that make NC, G3, G4 and G5 look the way they do.
 //!
 //! Design rule (the point of this data set): the evidence for a class sits mostly in
 //! **fine structure** that an 8 µm/px image cannot resolve, and only **partly** in coarse

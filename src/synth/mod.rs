@@ -12,7 +12,7 @@
 //! structure that low resolution blurs away (nuclear size and shape, nucleoli, chromatin,
 //! basal cells, small cribriform lumina) and only partly in *coarse* structure (gland
 //! size, big lumina, a slight colour shift that per-slide stain variation swamps). See
-//! [`morph`] for how each class is drawn and why, and [`render`] for how resolution is
+//! [`appearance`] for how each class is drawn and why, and [`paint`] for how resolution is
 //! handled (a render at 8 µm/px equals the area average of one at 1 µm/px).
 //!
 //! Everything is a pure function of `(seed, class, position)`, so any region renders on

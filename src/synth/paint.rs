@@ -6,7 +6,7 @@
 //!    pixel, so a pixel of 8 µm and the 64 pixels of 1 µm that tile it use *the same*
 //!    sample points: area-averaging a 1 µm/px render to 8 µm/px reproduces the 8 µm/px
 //!    render up to rounding. (At 0.25 µm/px, k = 1 and the samples are 0.25 µm apart.)
-//! 2. Each sample asks the morphology (glands, nuclei, stroma; see [`super::morph`])
+//! 2. Each sample asks the morphology (glands, nuclei, stroma; see [`super::appearance`])
 //!    how much haematoxylin and eosin sits there, as optical densities.
 //! 3. Beer–Lambert turns densities into transmitted light per channel, with stain
 //!    vectors that vary smoothly over the slide (see [`Stain`]), and the pixel is the

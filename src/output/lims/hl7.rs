@@ -1,6 +1,6 @@
 //! The result as an HL7 v2.5.1 ORU^R01 message (segments separated by `\r`).
 //!
-//! Structure (ORU_R01 in v2.5.1: MSH, then PATIENT_RESULT = [PATIENT] {ORDER_OBSERVATION}):
+//! Structure (ORU_R01 in v2.5.1: MSH, then PATIENT_RESULT = `[PATIENT] {ORDER_OBSERVATION}`):
 //!
 //! - **MSH**: sending application `SLIDEGRADE`, time, `ORU^R01^ORU_R01`, control id from
 //!   the job id, processing id `P`, version `2.5.1`, character set `UNICODE UTF-8`.
