@@ -98,7 +98,7 @@ impl GradeError {
 
 /// Where the time went, per stage, in milliseconds. `read` and `infer` overlap, so they
 /// can add up to more than the wall time of the tile loop (`tiles_wall`).
-#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct StageTimes {
     pub open_ms: f64,
     pub tissue_ms: f64,

@@ -27,17 +27,17 @@ use crate::slide::SlideProperties;
 /// part when fields are added (1.1: `heatmap`).
 pub const RESULT_SCHEMA: &str = "slidegrade.result/1.2";
 
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct ModelIdentity {
     pub name: String,
     pub version: String,
     pub role: Role,
     pub onnx_sha256: String,
     pub classes: Vec<String>,
-    pub provider: &'static str,
+    pub provider: String,
 }
 
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Magnification {
     /// µm/px the model reads at.
     pub mpp: f64,
@@ -47,7 +47,7 @@ pub struct Magnification {
     pub tile_px: u32,
 }
 
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct TileSummary {
     /// Tiles in the whole grid over the slide.
     pub grid: u64,
@@ -68,7 +68,7 @@ pub struct TileSummary {
 /// tiles, so the heatmap's extent is usually *larger* than the slide (the last column
 /// and row of tiles run past its right and bottom edges): scale the image by
 /// `level0_px_per_px`, not to the slide's size.
-#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct HeatmapGeometry {
     /// PNG size in pixels (one pixel per Grad-CAM cell).
     pub width_px: u32,
@@ -88,7 +88,7 @@ pub struct HeatmapGeometry {
 }
 
 /// One class's heatmap file.
-#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct HeatmapLayer {
     pub class: String,
     /// File name in the output folder, `heatmap_<stem>.png`; the API serves it at
@@ -122,10 +122,10 @@ impl HeatmapGeometry {
     }
 }
 
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct GradeReport {
-    pub schema: &'static str,
-    pub slidegrade_version: &'static str,
+    pub schema: String,
+    pub slidegrade_version: String,
     pub outcome: Outcome,
     pub slide: SlideProperties,
     pub model: ModelIdentity,
@@ -140,7 +140,7 @@ pub struct GradeReport {
     pub tiles: TileSummary,
     pub heatmap: HeatmapGeometry,
     pub timings_ms: StageTimes,
-    pub notice: &'static str,
+    pub notice: String,
 }
 
 pub const NOTICE: &str = "Research software. Not for clinical use.";
@@ -172,8 +172,8 @@ pub fn build_report(
     min_tissue: f64,
 ) -> GradeReport {
     GradeReport {
-        schema: RESULT_SCHEMA,
-        slidegrade_version: env!("CARGO_PKG_VERSION"),
+        schema: RESULT_SCHEMA.to_string(),
+        slidegrade_version: env!("CARGO_PKG_VERSION").to_string(),
         outcome: graded.outcome,
         slide: graded.slide.clone(),
         model: ModelIdentity {
@@ -182,7 +182,7 @@ pub fn build_report(
             role: manifest.role,
             onnx_sha256: manifest.onnx_sha256.clone(),
             classes: manifest.classes.clone(),
-            provider,
+            provider: provider.to_string(),
         },
         magnification: Magnification {
             mpp: manifest.input.mpp,
@@ -201,7 +201,7 @@ pub fn build_report(
         },
         heatmap: HeatmapGeometry::of(&graded.heatmaps, &graded.slide),
         timings_ms: graded.times.clone(),
-        notice: NOTICE,
+        notice: NOTICE.to_string(),
     }
 }
 

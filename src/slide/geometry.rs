@@ -18,7 +18,7 @@ use super::error::{SlideError, validate_mpp};
 pub const LEVEL_TOLERANCE: f64 = 1e-3;
 
 /// One pyramid level as OpenSlide reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Level {
     /// OpenSlide's level index (what `read_region` takes).
     pub index: u32,

@@ -26,7 +26,7 @@ pub use error::{MAX_MPP, Result, SlideError, validate_mpp};
 pub use geometry::{Level, ReadPlan, RegionRequest, ThumbnailPlan};
 
 /// Where a slide's µm/px came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum MppSource {
     /// OpenSlide's `openslide.mpp-x` / `openslide.mpp-y` (from the vendor's metadata).
@@ -95,7 +95,7 @@ fn both_axes(x: Option<f64>, y: Option<f64>) -> Option<(f64, f64)> {
 }
 
 /// What `slidegrade info` reports about a slide.
-#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct SlideProperties {
     /// File name (no directories: this goes into API responses).
     pub file_name: String,

@@ -7,35 +7,13 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
 
 use super::error::{ApiError, JobErrors, KeyedErrors};
 use super::state::AppState;
+use crate::output::report::GradeReport;
 
 use super::jobs::load_job;
 use super::results::{JobPath, job_file};
-
-/// The part of result.json the LIMS messages need.
-#[derive(Deserialize)]
-struct ResultSummary {
-    outcome: crate::grade::pipeline::Outcome,
-    grade: Option<crate::grade::rule::Grade>,
-    confidence: Option<f64>,
-    model: ResultModel,
-    slide: ResultSlide,
-}
-
-#[derive(Deserialize)]
-struct ResultModel {
-    name: String,
-    version: String,
-    onnx_sha256: String,
-}
-
-#[derive(Deserialize)]
-struct ResultSlide {
-    file_name: String,
-}
 
 /// Builds the LIMS message context of a finished job from its stored outputs.
 async fn report_context(
@@ -47,7 +25,7 @@ async fn report_context(
     let bytes = axum::body::to_bytes(result.into_body(), usize::MAX)
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?;
-    let summary: ResultSummary = serde_json::from_slice(&bytes)
+    let summary: GradeReport = serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::Internal(format!("unreadable result.json: {e}")))?;
     let job = load_job(state, id)?;
     let overlay = tokio::fs::read(job.out_dir.join("overlay.png")).await.ok();
