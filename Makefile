@@ -43,7 +43,7 @@ test: setup
 	scripts/setup-web.sh --browser
 	$(CARGO) test --locked --all-targets --all-features
 	$(CARGO) test --locked --doc --all-features
-	SLIDEGRADE_PROFILE=dev scripts/distill-and-export.sh --quick
+	SLIDEGRADE_BIN=./target/debug/slidegrade scripts/distill-and-export.sh --quick
 	for m in target/distill-quick/models/*/; do ./target/debug/slidegrade check-model "$$m" || exit 1; done
 	cd web && node --test tests/viewer.test.mjs
 
