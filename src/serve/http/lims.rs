@@ -12,8 +12,7 @@ use super::error::{ApiError, JobErrors, KeyedErrors};
 use super::state::AppState;
 use crate::output::report::GradeReport;
 
-use super::jobs::load_job;
-use super::results::{JobPath, job_file};
+use super::results::{JobPath, finished_job_file};
 
 /// Builds the LIMS message context of a finished job from its stored outputs.
 async fn report_context(
@@ -21,13 +20,9 @@ async fn report_context(
     headers: &HeaderMap,
     id: &str,
 ) -> Result<crate::output::lims::ReportContext, ApiError> {
-    let result = job_file(state, headers, id, "result.json", "application/json").await?;
-    let bytes = axum::body::to_bytes(result.into_body(), usize::MAX)
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let (job, bytes) = finished_job_file(state, headers, id, "result.json").await?;
     let summary: GradeReport = serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::Internal(format!("unreadable result.json: {e}")))?;
-    let job = load_job(state, id)?;
     let overlay = tokio::fs::read(job.out_dir.join("overlay.png")).await.ok();
     let issued =
         std::time::UNIX_EPOCH + Duration::from_secs(job.finished_at.unwrap_or(job.created_at));

@@ -12,23 +12,23 @@ use super::error::{ApiError, JobErrors, KeyedErrors};
 use super::state::AppState;
 use crate::output::report::GradeReport;
 
-use crate::serve::jobs::store::KeyRole;
+use crate::serve::jobs::store::{Job, JobState, KeyRole};
 
 use super::jobs::load_job;
 
-/// Reads one output file of a finished job.
-pub async fn job_file(
+/// A finished job and the bytes of one of its output files: the job is read from the
+/// store once, and a job that is not done, or failed, is 409.
+pub async fn finished_job_file(
     state: &AppState,
     headers: &HeaderMap,
     id: &str,
     file: &str,
-    content_type: &'static str,
-) -> Result<Response, ApiError> {
+) -> Result<(Job, Vec<u8>), ApiError> {
     authorize(state, headers, KeyRole::Read, "read results")?;
     let job = load_job(state, id)?;
     match job.state {
-        crate::serve::jobs::store::JobState::Done => {}
-        crate::serve::jobs::store::JobState::Failed => {
+        JobState::Done => {}
+        JobState::Failed => {
             return Err(ApiError::NotReady(format!(
                 "job failed: {}",
                 job.error.unwrap_or_default()
@@ -36,10 +36,21 @@ pub async fn job_file(
         }
         other => return Err(ApiError::NotReady(format!("job is {}", other.as_str()))),
     }
-    let path = job.out_dir.join(file);
-    let bytes = tokio::fs::read(&path)
+    let bytes = tokio::fs::read(job.out_dir.join(file))
         .await
         .map_err(|_| ApiError::NotFound(format!("job {id} has no {file}")))?;
+    Ok((job, bytes))
+}
+
+/// Serves one output file of a finished job.
+async fn job_file(
+    state: &AppState,
+    headers: &HeaderMap,
+    id: &str,
+    file: &str,
+    content_type: &'static str,
+) -> Result<Response, ApiError> {
+    let (_, bytes) = finished_job_file(state, headers, id, file).await?;
     Ok(([(header::CONTENT_TYPE, content_type)], Body::from(bytes)).into_response())
 }
 
