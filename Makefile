@@ -37,10 +37,12 @@ run: build
 
 # `--all-features` builds the training harness too, so its loss, metric and pipeline tests
 # run; the `--quick` recipe then trains, exports and checks every model in the engine.
+# The PostgreSQL job-store tests start throwaway clusters from Debian's `postgresql`.
 # The browser test (web/tests/) drives the viewer in headless Chromium against the
 # target/debug/slidegrade that the cargo tests just built.
 test: setup
 	scripts/setup-web.sh --browser
+	scripts/setup-postgres.sh
 	$(CARGO) test --locked --all-targets --all-features
 	$(CARGO) test --locked --doc --all-features
 	SLIDEGRADE_BIN=./target/debug/slidegrade scripts/distill-and-export.sh --quick

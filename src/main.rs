@@ -118,7 +118,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Train { command } => slidegrade::train::cli::run(command),
         Command::Grade(args) => slidegrade::grader::run_cli(args),
         Command::Keys { data, command } => {
-            slidegrade::serve::http::auth::run_cli(&data.data_dir, command)
+            slidegrade::serve::http::auth::run_cli(&data.store_location()?, command)
         }
         Command::Bench { command } => slidegrade::bench::run(command),
         Command::SynthSlide(args) => slidegrade::synth::run_slide_cli(&args),

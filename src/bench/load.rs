@@ -54,9 +54,10 @@ impl Scenario {
 /// Settings of the load test.
 #[derive(Debug, Clone, clap::Args)]
 pub struct LoadArgs {
-    /// Base URL of the server; loopback only (127.0.0.0/8, ::1 or localhost).
+    /// Base URL of the server; loopback only (127.0.0.0/8, ::1 or localhost). Repeat it
+    /// for several replicas: requests go to each in turn (round-robin, as a balancer).
     #[arg(long, default_value = "http://127.0.0.1:8080")]
-    pub url: String,
+    pub url: Vec<String>,
     /// Scenarios to run, in order (comma-separated).
     #[arg(
         long,
@@ -98,7 +99,9 @@ pub struct LoadArgs {
 }
 
 pub fn run(args: &LoadArgs) -> anyhow::Result<()> {
-    check_loopback(&args.url)?;
+    for url in &args.url {
+        check_loopback(url)?;
+    }
     if args.requests == 0 || args.requests > MAX_REQUESTS {
         anyhow::bail!("--requests must be 1–{MAX_REQUESTS}");
     }
@@ -119,7 +122,12 @@ pub fn run(args: &LoadArgs) -> anyhow::Result<()> {
             .build()?;
         let load = Arc::new(Load {
             client,
-            base: args.url.trim_end_matches('/').to_string(),
+            bases: args
+                .url
+                .iter()
+                .map(|u| u.trim_end_matches('/').to_string())
+                .collect(),
+            next: Default::default(),
             api_key: args.api_key.clone(),
         });
         println!("{}", header());
@@ -174,13 +182,17 @@ fn header() -> String {
 
 struct Load {
     client: reqwest::Client,
-    base: String,
+    /// The replicas' base URLs, used in turn.
+    bases: Vec<String>,
+    next: std::sync::atomic::AtomicUsize,
     api_key: Option<String>,
 }
 
 impl Load {
     fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        let builder = self.client.request(method, format!("{}{path}", self.base));
+        let turn = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let base = &self.bases[turn % self.bases.len()];
+        let builder = self.client.request(method, format!("{base}{path}"));
         match &self.api_key {
             Some(key) => builder.bearer_auth(key),
             None => builder,

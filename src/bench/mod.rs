@@ -9,6 +9,7 @@ pub mod load;
 pub mod patches;
 pub mod read;
 pub mod slide;
+pub mod store;
 
 /// The benchmarks.
 #[derive(Debug, clap::Subcommand)]
@@ -30,6 +31,9 @@ pub enum BenchCommand {
     /// Load test against a running server on loopback: concurrent uploads and job
     /// submissions, throughput, latency percentiles, errors and the server's RSS.
     Load(load::LoadArgs),
+    /// Job-store throughput: jobs claimed and finished per second, SQLite or PostgreSQL,
+    /// by number of concurrent claimers.
+    Store(store::StoreBenchArgs),
 }
 
 pub fn run(command: BenchCommand) -> anyhow::Result<()> {
@@ -40,5 +44,6 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Load(args) => load::run(&args),
         BenchCommand::Agreement(args) => agreement::run(&args),
         BenchCommand::Patches(args) => patches::run(&args),
+        BenchCommand::Store(args) => store::run(&args),
     }
 }

@@ -4,7 +4,11 @@
 //! Shutdown on the given signal: the server stops accepting connections and finishes
 //! in-flight requests; workers stop claiming jobs; running jobs get `shutdown_grace` to
 //! finish, then are stopped at their next batch and put back in the queue, so the next
-//! start picks them up. Nothing accepted is lost.
+//! start (or another replica) picks them up. Nothing accepted is lost.
+//!
+//! Beside the workers run three loops: webhook delivery, lease expiry (jobs of replicas
+//! that died go back to the queue) and retention clean-up, which takes a store lock so
+//! that one replica at a time does it.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -22,7 +26,7 @@ use tokio::sync::watch;
 use crate::model::engine::{EngineConfig, EnginePool};
 use crate::model::registry::{RefusedModel, Registry};
 use crate::serve::http::{self, ApiSettings, AppState};
-use crate::serve::jobs::store::{Store, StoreError};
+use crate::serve::jobs::store::{Store, StoreError, StoreLocation};
 use crate::serve::jobs::{JobSettings, Jobs, Models, webhook};
 
 /// `slidegrade serve`.
@@ -85,6 +89,10 @@ pub struct ServeArgs {
     /// Seconds running jobs get to finish on SIGTERM before they are requeued.
     #[arg(long, env = "SLIDEGRADE_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
     shutdown_grace_secs: u64,
+    /// Seconds a replica holds a claimed job without renewing its lease (it renews every
+    /// third of this). A replica that dies has its jobs requeued this long after.
+    #[arg(long, env = "SLIDEGRADE_LEASE_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(3..))]
+    lease_secs: u64,
     /// Secret for the webhooks' HMAC-SHA256 signature. Without it, callbacks are refused.
     #[arg(long, env = "SLIDEGRADE_WEBHOOK_SECRET", hide_env_values = true)]
     webhook_secret: Option<String>,
@@ -106,9 +114,20 @@ pub struct ServeArgs {
 /// Where the service keeps its state.
 #[derive(Debug, clap::Args)]
 pub struct DataArgs {
-    /// Folder for the job store (SQLite), uploads and results.
+    /// Folder for uploads, results and (without --database-url) the SQLite job store.
+    /// Replicas sharing a PostgreSQL store must share this folder too.
     #[arg(long, env = "SLIDEGRADE_DATA_DIR", default_value = "var")]
     pub data_dir: PathBuf,
+    /// A PostgreSQL job store, `postgres://user:password@host:5432/database`, shared by
+    /// every replica. Without it the store is an embedded SQLite file in --data-dir.
+    #[arg(long, env = "SLIDEGRADE_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+}
+
+impl DataArgs {
+    pub fn store_location(&self) -> Result<StoreLocation, StoreError> {
+        StoreLocation::new(&self.data_dir, self.database_url.as_deref())
+    }
 }
 
 /// Runs `slidegrade serve` until SIGTERM or Ctrl-C.
@@ -125,7 +144,7 @@ pub fn run_cli(args: ServeArgs) -> anyhow::Result<()> {
     let config = ServiceConfig {
         models_dir: args.models_dir,
         engine,
-        data_dir: args.data.data_dir.clone(),
+        store: args.data.store_location()?,
         api: http::ApiSettings {
             require_auth: !args.no_auth,
             shared_roots: args.shared_roots,
@@ -156,6 +175,7 @@ pub fn run_cli(args: ServeArgs) -> anyhow::Result<()> {
                 max_attempts: args.webhook_max_attempts.max(1),
                 ..Default::default()
             },
+            lease: secs(args.lease_secs),
         },
         retention: secs(args.retention_hours.saturating_mul(3600)),
         shutdown_grace: secs(args.shutdown_grace_secs),
@@ -176,8 +196,7 @@ pub fn run_cli(args: ServeArgs) -> anyhow::Result<()> {
 pub struct ServiceConfig {
     pub models_dir: PathBuf,
     pub engine: EngineConfig,
-    /// Job store, uploads and results live here.
-    pub data_dir: PathBuf,
+    pub store: StoreLocation,
     pub api: ApiSettings,
     pub jobs: JobSettings,
     /// Finished jobs' files are deleted after this long.
@@ -247,25 +266,10 @@ pub struct Service {
 }
 
 impl Service {
-    /// Opens the store, requeues jobs a dead process left running, and loads the models.
+    /// Opens (and migrates) the store and loads the models.
     pub async fn build(config: &ServiceConfig) -> Result<Service, ServiceError> {
-        let store = Arc::new(Store::open(&crate::serve::jobs::store::store_path(
-            &config.data_dir,
-        ))?);
-        let recovered = store.recover_interrupted(crate::serve::jobs::MAX_ATTEMPTS)?;
-        if recovered.requeued > 0 {
-            tracing::warn!(
-                requeued = recovered.requeued,
-                "jobs left running by a previous process were queued again"
-            );
-        }
-        if recovered.failed > 0 {
-            tracing::error!(
-                failed = recovered.failed,
-                max_attempts = crate::serve::jobs::MAX_ATTEMPTS,
-                "jobs interrupted on every attempt were failed as `interrupted`"
-            );
-        }
+        let store = Arc::new(Store::open_at(&config.store)?);
+        tracing::info!(store = %config.store, "job store open");
         let (dir, engine) = (config.models_dir.clone(), config.engine.clone());
         let (pools, refused) = tokio::task::spawn_blocking(move || load_models(&dir, &engine))
             .await
@@ -305,9 +309,11 @@ impl Service {
         let workers = state.jobs.spawn_workers(stop_rx.clone());
         let deliveries = tokio::spawn(webhook::deliver_loop(
             state.jobs.store.clone(),
+            state.jobs.replica.clone(),
             state.jobs.settings.webhook.clone(),
             stop_rx.clone(),
         ));
+        let leases = tokio::spawn(expire_leases_loop(state.jobs.clone(), stop_rx.clone()));
         let cleaner = tokio::spawn(clean_up_loop(
             state.jobs.clone(),
             retention,
@@ -343,21 +349,63 @@ impl Service {
             let _ = worker.await;
         }
         let _ = deliveries.await;
+        let _ = leases.await;
         let _ = cleaner.await;
         tracing::info!("shut down");
         served
     }
 }
 
-async fn clean_up_loop(jobs: Arc<Jobs>, retention: Duration, mut stop: watch::Receiver<bool>) {
+/// Puts the jobs of replicas that died back in the queue (or fails them after
+/// [`MAX_ATTEMPTS`](crate::serve::jobs::MAX_ATTEMPTS)), at start and then twice per lease.
+/// Every replica runs it: each statement is atomic, so two replicas expiring the same
+/// lease requeue the job once.
+async fn expire_leases_loop(jobs: Arc<Jobs>, mut stop: watch::Receiver<bool>) {
+    let max_attempts = crate::serve::jobs::MAX_ATTEMPTS;
     loop {
-        match jobs.clean_up(retention) {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(removed = n, "removed expired job files"),
-            Err(e) => tracing::error!(%e, "clean-up failed"),
+        match jobs.store.expire_leases(max_attempts) {
+            Ok(recovered) => {
+                if recovered.requeued > 0 {
+                    tracing::warn!(
+                        requeued = recovered.requeued,
+                        "jobs whose replica stopped renewing their lease were queued again"
+                    );
+                    jobs.notify();
+                }
+                if recovered.failed > 0 {
+                    tracing::error!(
+                        failed = recovered.failed,
+                        max_attempts,
+                        "jobs interrupted on every attempt were failed as `interrupted`"
+                    );
+                }
+            }
+            Err(e) => tracing::error!(%e, "cannot expire job leases"),
         }
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(60).min(retention.max(Duration::from_secs(1)))) => {},
+            _ = tokio::time::sleep(jobs.settings.lease / 2) => {},
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// Deletes expired jobs' files every minute, on whichever replica holds the
+/// `retention` lock (held for two minutes and renewed by its holder each round, so one
+/// replica keeps doing it until it stops).
+async fn clean_up_loop(jobs: Arc<Jobs>, retention: Duration, mut stop: watch::Receiver<bool>) {
+    let period = Duration::from_secs(60).min(retention.max(Duration::from_secs(1)));
+    loop {
+        match jobs.store.try_lock("retention", &jobs.replica, period * 2) {
+            Ok(true) => match jobs.clean_up(retention) {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(removed = n, "removed expired job files"),
+                Err(e) => tracing::error!(%e, "clean-up failed"),
+            },
+            Ok(false) => {}
+            Err(e) => tracing::error!(%e, "cannot take the retention lock"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(period) => {},
             _ = stop.changed() => return,
         }
     }

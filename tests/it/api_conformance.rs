@@ -32,7 +32,9 @@ async fn the_server_conforms_to_its_openapi_document_under_every_check() {
     let config = ServiceConfig {
         models_dir: dir.path().join("models"),
         engine: EngineConfig::default(),
-        data_dir: dir.path().join("data"),
+        store: slidegrade::serve::jobs::store::StoreLocation::Sqlite(
+            slidegrade::serve::jobs::store::store_path(&dir.path().join("data")),
+        ),
         api: ApiSettings {
             shared_roots: vec![dir.path().to_path_buf()],
             max_upload_bytes: 8 << 20,
@@ -47,6 +49,7 @@ async fn the_server_conforms_to_its_openapi_document_under_every_check() {
                 secret: Some("conformance".into()),
                 ..WebhookSettings::default()
             },
+            lease: Duration::from_secs(3),
         },
         retention: Duration::from_secs(3600),
         shutdown_grace: Duration::from_secs(0),

@@ -86,7 +86,9 @@ async fn start(dir: &Path, workers: usize, decoder_exe: &Path) -> Server {
     let config = ServiceConfig {
         models_dir: models,
         engine: EngineConfig::default(),
-        data_dir: dir.join("data"),
+        store: slidegrade::serve::jobs::store::StoreLocation::Sqlite(
+            slidegrade::serve::jobs::store::store_path(&dir.join("data")),
+        ),
         api: ApiSettings {
             require_auth: false,
             shared_roots: vec![dir.to_path_buf()],
@@ -105,6 +107,7 @@ async fn start(dir: &Path, workers: usize, decoder_exe: &Path) -> Server {
                 ..GradeOptions::default()
             },
             webhook: WebhookSettings::default(),
+            lease: Duration::from_secs(3),
         },
         retention: Duration::from_secs(3600),
         shutdown_grace: Duration::from_secs(0),

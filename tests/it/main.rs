@@ -12,9 +12,13 @@ mod grade_slides;
 mod grade_synthetic;
 mod hostile_input;
 mod lims_messages;
+mod postgres;
+mod replicas;
+mod serve_process;
 mod server;
 mod service;
 mod shutdown_signal;
+mod store;
 mod synth_slide;
 mod tissue_tiles;
 #[cfg(feature = "train")]

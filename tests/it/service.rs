@@ -75,7 +75,9 @@ impl Setup {
         let config = ServiceConfig {
             models_dir: self.dir.join("models"),
             engine: EngineConfig::default(),
-            data_dir: self.dir.join("data"),
+            store: slidegrade::serve::jobs::store::StoreLocation::Sqlite(
+                slidegrade::serve::jobs::store::store_path(&self.dir.join("data")),
+            ),
             api: ApiSettings {
                 shared_roots: self.shared_roots.clone(),
                 max_upload_bytes: self.max_upload_bytes,
@@ -94,6 +96,7 @@ impl Setup {
                     max_attempts: 4,
                     ..WebhookSettings::default()
                 },
+                lease: Duration::from_secs(3),
             },
             retention: Duration::from_secs(3600),
             shutdown_grace: Duration::from_secs(0),
@@ -604,7 +607,13 @@ async fn idempotency_queue_limits_cancel_and_restart_lose_nothing() {
     );
 
     // Simulate a crash mid-job: the first job is claimed (running) and the process dies.
-    let claimed = server.state.jobs.store.claim_next().unwrap().unwrap();
+    let claimed = server
+        .state
+        .jobs
+        .store
+        .claim_next("crashed-replica", Duration::from_secs(1))
+        .unwrap()
+        .unwrap();
     assert_eq!(claimed.id, first["id"].as_str().unwrap());
     server.stop().await;
 

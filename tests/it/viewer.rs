@@ -41,7 +41,9 @@ impl Server {
         let config = ServiceConfig {
             models_dir: dir.join("models"),
             engine: EngineConfig::default(),
-            data_dir: dir.join("data"),
+            store: slidegrade::serve::jobs::store::StoreLocation::Sqlite(
+                slidegrade::serve::jobs::store::store_path(&dir.join("data")),
+            ),
             api: ApiSettings::default(),
             jobs: JobSettings {
                 workers: 1,
@@ -49,6 +51,7 @@ impl Server {
                 data_dir: dir.join("data"),
                 grade: GradeOptions::default(),
                 webhook: WebhookSettings::default(),
+                lease: Duration::from_secs(3),
             },
             retention: Duration::from_secs(3600),
             shutdown_grace: Duration::from_secs(0),

@@ -55,10 +55,12 @@ pub enum KeysCommand {
     },
 }
 
-/// Runs `slidegrade keys …` against the store in `data_dir`.
-pub fn run_cli(data_dir: &std::path::Path, command: KeysCommand) -> anyhow::Result<()> {
-    let store =
-        crate::serve::jobs::store::Store::open(&crate::serve::jobs::store::store_path(data_dir))?;
+/// Runs `slidegrade keys …` against the server's store.
+pub fn run_cli(
+    store: &crate::serve::jobs::store::StoreLocation,
+    command: KeysCommand,
+) -> anyhow::Result<()> {
+    let store = Store::open_at(store)?;
     match command {
         KeysCommand::Create { name, role } => {
             let role = crate::serve::jobs::store::KeyRole::parse(&role).ok_or_else(|| {

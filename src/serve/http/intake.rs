@@ -285,7 +285,11 @@ async fn receive_upload(
                     identity: String::new(),
                     options: JobRequest::default(),
                 });
-                let mut file = tokio::fs::File::create(&path)
+                // Streamed under a temporary name and renamed when complete, so that no
+                // reader (another replica on the shared data folder, or a restart) ever
+                // sees a partial slide under the real name.
+                let partial = dir.join(".upload.partial");
+                let mut file = tokio::fs::File::create(&partial)
                     .await
                     .map_err(|e| ApiError::Internal(format!("cannot store upload: {e}")))?;
                 // Stream to disk chunk by chunk; the whole slide is never in memory.
@@ -305,6 +309,15 @@ async fn receive_upload(
                         .map_err(|e| ApiError::Internal(format!("cannot store upload: {e}")))?;
                 }
                 file.flush()
+                    .await
+                    .map_err(|e| ApiError::Internal(format!("cannot store upload: {e}")))?;
+                // On a network share, data must reach the server before the job row
+                // tells other replicas the file is there.
+                file.sync_all()
+                    .await
+                    .map_err(|e| ApiError::Internal(format!("cannot store upload: {e}")))?;
+                drop(file);
+                tokio::fs::rename(&partial, &path)
                     .await
                     .map_err(|e| ApiError::Internal(format!("cannot store upload: {e}")))?;
                 slide.identity = format!("upload:{}", hex::encode(hasher.finalize()));

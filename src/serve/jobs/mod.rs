@@ -1,9 +1,10 @@
 //! Asynchronous grading jobs: the durable store, a pool of workers, and webhook delivery.
 //!
 //! A job is a row in the store before the API answers 202. Workers claim the oldest
-//! queued job, grade it on a blocking thread, write the outputs into the job's folder and
-//! record the outcome; a finished job with a callback URL gets a signed webhook. The queue
-//! is bounded by `queue_capacity` queued jobs: beyond it the API sheds load with 503.
+//! queued job under a lease (see [`store`]), renew the lease while they grade it on a
+//! blocking thread, write the outputs into the job's folder and record the outcome; a
+//! finished job with a callback URL gets a signed webhook. The queue is bounded by
+//! `queue_capacity` queued jobs: beyond it the API sheds load with 503.
 
 pub mod store;
 pub mod webhook;
@@ -51,6 +52,8 @@ impl Models {
 enum StopReason {
     Cancel,
     Shutdown,
+    /// The job's lease could not be renewed: another replica may hold it now.
+    LeaseLost,
 }
 
 struct Running {
@@ -67,18 +70,23 @@ pub struct JobSettings {
     pub data_dir: PathBuf,
     pub grade: GradeOptions,
     pub webhook: webhook::WebhookSettings,
+    /// How long a claimed job stays this replica's without a heartbeat; renewed every
+    /// third of it. A dead replica's jobs go back in the queue after this.
+    pub lease: Duration,
 }
 
-/// Starts a job may have. A job still `running` when a process starts was interrupted by
-/// a crash; after this many starts it fails as `interrupted` instead of going back in the
-/// queue (see [`store::Store::recover_interrupted`]).
+/// Starts a job may have. A job whose lease ran out was interrupted by a crash; after this
+/// many starts it fails as `interrupted` instead of going back in the queue (see
+/// [`store::Store::expire_leases`]).
 pub const MAX_ATTEMPTS: u32 = 3;
 
 pub struct Jobs {
     pub store: Arc<Store>,
     pub models: Arc<Models>,
     pub settings: JobSettings,
-    wake: Notify,
+    /// This process's name as a lease owner.
+    pub replica: String,
+    wake: Arc<Notify>,
     running: Mutex<HashMap<String, Running>>,
     /// Cleared when shutdown starts: submissions are refused from then on, even while
     /// the HTTP server still finishes the connections it has.
@@ -87,11 +95,15 @@ pub struct Jobs {
 
 impl Jobs {
     pub fn new(store: Arc<Store>, models: Arc<Models>, settings: JobSettings) -> Arc<Jobs> {
+        let wake = Arc::new(Notify::new());
+        let announced = wake.clone();
+        store.on_job_announced(move || announced.notify_one());
         Arc::new(Jobs {
             store,
             models,
             settings,
-            wake: Notify::new(),
+            replica: store::replica_name(),
+            wake,
             running: Mutex::new(HashMap::new()),
             accepting: AtomicBool::new(true),
         })
@@ -174,7 +186,7 @@ impl Jobs {
             if *shutdown.borrow() {
                 return;
             }
-            let claimed = match self.store.claim_next() {
+            let claimed = match self.store.claim_next(&self.replica, self.settings.lease) {
                 Ok(job) => job,
                 Err(e) => {
                     tracing::error!(%e, "cannot claim a job");
@@ -193,11 +205,49 @@ impl Jobs {
             self.refresh_queue_gauge();
             let jobs = self.clone();
             let id = job.id.clone();
-            if let Err(e) = tokio::task::spawn_blocking(move || jobs.run(job)).await {
+            let flag = Arc::new(AtomicBool::new(false));
+            self.running().insert(
+                id.clone(),
+                Running {
+                    flag: flag.clone(),
+                    reason: None,
+                },
+            );
+            let heartbeat = tokio::spawn(self.clone().heartbeat(id.clone()));
+            let graded = tokio::task::spawn_blocking(move || jobs.run(job, flag)).await;
+            heartbeat.abort();
+            if let Err(e) = graded {
                 tracing::error!(job = %id, %e, "grading thread panicked");
-                let _ =
-                    self.store
-                        .finish(&id, JobState::Failed, Some(("internal error", "internal")));
+                self.running().remove(&id);
+                let _ = self.store.finish(
+                    &id,
+                    &self.replica,
+                    JobState::Failed,
+                    Some(("internal error", "internal")),
+                    None,
+                );
+            }
+        }
+    }
+
+    /// Renews the lease on a running job every third of its length. If the job is no
+    /// longer this replica's (the lease ran out while the database was unreachable, and
+    /// another replica took the job), the grading stops and its outcome is dropped.
+    async fn heartbeat(self: Arc<Self>, id: String) {
+        let lease = self.settings.lease;
+        loop {
+            tokio::time::sleep(lease / 3).await;
+            match self.store.renew_lease(&id, &self.replica, lease) {
+                Ok(true) => {}
+                Ok(false) => {
+                    if let Some(run) = self.running().get_mut(&id) {
+                        run.reason.get_or_insert(StopReason::LeaseLost);
+                        run.flag.store(true, Ordering::Relaxed);
+                    }
+                    return;
+                }
+                // Keep trying: the lease has two more renewals' worth of slack.
+                Err(e) => tracing::warn!(job = %id, %e, "cannot renew the job's lease"),
             }
         }
     }
@@ -211,16 +261,8 @@ impl Jobs {
         }
     }
 
-    fn run(&self, job: Job) {
+    fn run(&self, job: Job, flag: Arc<AtomicBool>) {
         let started = Instant::now();
-        let flag = Arc::new(AtomicBool::new(false));
-        self.running().insert(
-            job.id.clone(),
-            Running {
-                flag: flag.clone(),
-                reason: None,
-            },
-        );
         let metrics = crate::telemetry::global();
         metrics.jobs_running.inc();
         tracing::info!(job = %job.id, attempt = job.attempts, "job started");
@@ -232,10 +274,16 @@ impl Jobs {
             Err(GradeFailure::Grade(GraderError::Grade(GradeError::Stopped)))
                 if reason == Some(StopReason::Shutdown) =>
             {
-                if let Err(e) = self.store.requeue(&job.id) {
+                if let Err(e) = self.store.release(&job.id, &self.replica) {
                     tracing::error!(job = %job.id, %e, "cannot requeue");
                 }
                 tracing::info!(job = %job.id, "job requeued for shutdown");
+                return;
+            }
+            Err(GradeFailure::Grade(GraderError::Grade(GradeError::Stopped)))
+                if reason == Some(StopReason::LeaseLost) =>
+            {
+                tracing::warn!(job = %job.id, "job's lease lost; its outcome is dropped");
                 return;
             }
             Err(GradeFailure::Grade(GraderError::Grade(GradeError::Stopped))) => {
@@ -244,8 +292,24 @@ impl Jobs {
             Err(e) => (JobState::Failed, Some((e.to_string(), e.kind()))),
         };
         let error_ref = error.as_ref().map(|(m, k)| (m.as_str(), *k));
-        if let Err(e) = self.store.finish(&job.id, state, error_ref) {
-            tracing::error!(job = %job.id, %e, "cannot record job outcome");
+        let callback = job
+            .request
+            .callback_url
+            .as_deref()
+            .map(|url| store::Callback {
+                url,
+                payload: &webhook::payload,
+            });
+        match self
+            .store
+            .finish(&job.id, &self.replica, state, error_ref, callback)
+        {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!(job = %job.id, "job's lease lost before its outcome was recorded; another replica owns it");
+                return;
+            }
+            Err(e) => tracing::error!(job = %job.id, %e, "cannot record job outcome"),
         }
         metrics
             .jobs_finished
@@ -258,14 +322,6 @@ impl Jobs {
             seconds = started.elapsed().as_secs_f64(),
             "job finished"
         );
-        if let Some(url) = &job.request.callback_url
-            && let Ok(Some(finished)) = self.store.get(&job.id)
-        {
-            let payload = webhook::payload(&finished);
-            if let Err(e) = self.store.enqueue_delivery(&job.id, url, &payload) {
-                tracing::error!(job = %job.id, %e, "cannot queue webhook");
-            }
-        }
     }
 
     fn grade(&self, job: &Job, stop: Arc<AtomicBool>) -> Result<(), GradeFailure> {
@@ -294,6 +350,7 @@ impl Jobs {
     }
 
     /// Deletes the files of jobs finished more than `max_age` ago, and their uploads.
+    /// Call it on one replica at a time (see `serve::service`).
     pub fn clean_up(&self, max_age: Duration) -> Result<usize, store::StoreError> {
         let before = store::now().saturating_sub(max_age.as_secs());
         let old = self.store.finished_before(before)?;

@@ -2,6 +2,12 @@
 //! with HMAC-SHA256 over the exact body bytes, in the header
 //! `X-Slidegrade-Signature: sha256=<hex>`. Receivers recompute it with the shared secret.
 //! Failed deliveries are retried with exponential backoff; every attempt is stored.
+//!
+//! Each attempt is claimed under a lease in the store first, so among replicas sharing
+//! one store exactly one sends it. The lease outlasts the attempt's timeout; only a
+//! replica that dies after the receiver answered and before the attempt was recorded
+//! makes the delivery go out again (at-least-once, as every webhook sender: receivers
+//! should de-duplicate on `job_id`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -77,12 +83,15 @@ pub fn backoff(base: Duration, attempt: u32) -> Duration {
     base.saturating_mul(factor).min(Duration::from_secs(3600))
 }
 
-/// Delivers due webhooks until `shutdown` turns true.
+/// Delivers due webhooks, as replica `owner`, until `shutdown` turns true.
 pub async fn deliver_loop(
     store: Arc<Store>,
+    owner: String,
     settings: WebhookSettings,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    // Long enough for the request and for recording it.
+    let lease = settings.timeout + Duration::from_secs(30);
     let client = match reqwest::Client::builder().timeout(settings.timeout).build() {
         Ok(c) => c,
         Err(e) => {
@@ -94,11 +103,15 @@ pub async fn deliver_loop(
         if *shutdown.borrow() {
             return;
         }
-        let due = store.due_deliveries(now()).unwrap_or_else(|e| {
-            tracing::error!(%e, "cannot read webhook deliveries");
-            Vec::new()
-        });
-        for delivery in due {
+        loop {
+            let delivery = match store.claim_delivery(&owner, lease) {
+                Ok(Some(delivery)) => delivery,
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::error!(%e, "cannot claim a webhook delivery");
+                    break;
+                }
+            };
             let mut request = client
                 .post(&delivery.url)
                 .header("content-type", "application/json")
@@ -123,10 +136,19 @@ pub async fn deliver_loop(
                 (Some(_), false) => "pending",
             };
             let next = now() + backoff(settings.retry_base, attempt).as_secs().max(1);
-            if let Err(e) =
-                store.record_attempt(&delivery.job_id, outcome, next, status, error.as_deref())
-            {
-                tracing::error!(%e, "cannot record a webhook attempt");
+            match store.record_attempt(
+                &delivery.job_id,
+                &owner,
+                outcome,
+                next,
+                status,
+                error.as_deref(),
+            ) {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::warn!(job = %delivery.job_id, "webhook lease ran out before the attempt was recorded")
+                }
+                Err(e) => tracing::error!(%e, "cannot record a webhook attempt"),
             }
             crate::telemetry::global()
                 .webhook_deliveries
