@@ -117,9 +117,30 @@ def main():
             "diagnostic_service_section": field(obr, 24),
             "result_status": field(obr, 25),
         },
+        "pid": None,
+        "orc": None,
         "spm": None,
         "obx": [],
     }
+    try:
+        pid = msg.segment("PID")
+        name = pid[5][0]
+        out["pid"] = {
+            "patient_id": value(pid, 3),
+            "family": msg.unescape(str(name[0])),
+            "given": msg.unescape(str(name[1])) if len(name) > 1 else "",
+        }
+    except KeyError:
+        pass
+    try:
+        orc = msg.segment("ORC")
+        out["orc"] = {
+            "order_control": field(orc, 1),
+            "placer_order_number": value(orc, 2),
+            "filler_order_number": value(orc, 3),
+        }
+    except KeyError:
+        pass
     try:
         spm = msg.segment("SPM")
         out["spm"] = {"specimen_id": value(spm, 2), "specimen_type": field(spm, 4)}

@@ -4,6 +4,7 @@
 # continue from their last epoch.
 #
 #   nohup scripts/study.sh > target/study.log 2>&1 &
+#   SLIDEGRADE_BIN=/path/to/slidegrade nohup scripts/study.sh > target/study.log 2>&1 &
 #
 # 1. default profile: focal synthetic set, Teacher + every Student row at 5×, 2.5×, 1.25×,
 #    AT+ weight chosen on validation; ships the synthetic family to models/;
@@ -21,8 +22,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 [[ -e .deps/onnxruntime ]] || scripts/setup-native.sh
-cargo build --release --locked --features train --bin slidegrade
-train="target/release/slidegrade train"
+# SLIDEGRADE_BIN: a binary built beforehand (with `--features train`), so that the study
+# runs one fixed build while development (and rebuilds of target/) goes on.
+bin="${SLIDEGRADE_BIN:-}"
+if [[ -z "$bin" ]]; then
+  cargo build --release --locked --features train --bin slidegrade
+  bin=target/release/slidegrade
+fi
+train="$bin train"
 real=../shared/data/patches/arvaniti
 other=../shared/data/patches/prostate
 
@@ -38,13 +45,13 @@ if [[ -d "$real" ]]; then
 
     phase "5 real-tissue family on all 200 patches"
     $train recipe --data "$real" --layout folder --data-mpp 0.23 --train-on-all \
-        --models-dir models --name-suffix -real --out target/distill-real-all \
+        --models-dir models --name-suffix=-real --out target/distill-real-all \
         --results RESULTS.md --results-section real-all --resume
 
     phase "6 shipped models on real patches"
-    target/release/slidegrade bench patches --data "$real" --data-mpp 0.23 \
+    $bin bench patches --data "$real" --data-mpp 0.23 \
         > target/patches-arvaniti.md
-    target/release/slidegrade bench patches --data "$other" --data-mpp 1.0 \
+    $bin bench patches --data "$other" --data-mpp 1.0 \
         > target/patches-prostate.md
     cat target/patches-arvaniti.md target/patches-prostate.md
 fi

@@ -102,6 +102,9 @@ def summarise(model):
         ]
         out["specimen"] = model.specimen.reference if model.specimen else None
         out["device"] = model.device.reference if model.device else None
+        out["subject_identifier"] = (
+            model.subject.identifier.value if model.subject and model.subject.identifier else None
+        )
     elif kind == "DiagnosticReport":
         out["status"] = model.status
         out["code"] = codes(model.code)
@@ -109,6 +112,12 @@ def summarise(model):
         out["conclusion"] = model.conclusion
         out["result"] = [r.reference for r in (model.result or [])]
         out["subject"] = model.subject.reference if model.subject else None
+        subject_id = model.subject.identifier if model.subject else None
+        out["subject_identifier"] = subject_id.value if subject_id else None
+        out["subject_display"] = model.subject.display if model.subject else None
+        out["identifier"] = [
+            {"type": codes(i.type), "system": i.system, "value": i.value} for i in (model.identifier or [])
+        ]
         forms = []
         for form in model.presentedForm or []:
             data = base64.b64decode(form.data, validate=True)

@@ -11,7 +11,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use slidegrade::grade::pipeline::Outcome;
 use slidegrade::grade::rule::{PatternAreas, grade};
-use slidegrade::output::lims::{ReportContext, fhir, hl7};
+use slidegrade::output::lims::{OrderIdentity, ReportContext, fhir, hl7};
 
 /// hl7apy warnings that are expected, each a gap in hl7apy's copy of table 0396 (coding
 /// systems) rather than in the message: "UCUM" is the units system the v2.5.1 lab results
@@ -82,8 +82,14 @@ fn overlay_png() -> Vec<u8> {
 fn graded_case() -> ReportContext {
     ReportContext {
         job_id: "7c9e6679-7425-40de-944b-e07fc1f90ae7".into(),
-        accession_number: Some("SP24-0123&A".into()),
-        specimen_id: Some("SP24-0123-A1".into()),
+        order: OrderIdentity {
+            accession_number: Some("SP24-0123&A".into()),
+            specimen_id: Some("SP24-0123-A1".into()),
+            patient_id: Some("MRN-004217".into()),
+            patient_name: Some("Doe, Jane".into()),
+            placer_order_number: Some("ORD-77^LIS".into()),
+            filler_order_number: None,
+        },
         slide_name: "CMU-1-Small-Region.svs".into(),
         issued: UNIX_EPOCH + Duration::from_secs(1_730_000_000),
         outcome: Outcome::Graded,
@@ -107,7 +113,11 @@ fn no_tissue_case() -> ReportContext {
         grade: None,
         confidence: None,
         overlay_png: None,
-        specimen_id: None,
+        order: OrderIdentity {
+            specimen_id: None,
+            patient_id: None,
+            ..graded_case().order
+        },
         ..graded_case()
     }
 }
@@ -166,15 +176,19 @@ fn parse_hl7(ctx: &ReportContext, dir: &Path) -> Value {
     assert_eq!(msh["control_id"], hl7::control_id(&ctx.job_id));
     assert_eq!(msh["processing_id"], "P");
     assert_eq!(msh["version"], "2.5.1");
+    // OBR-2/3 and ORC-2/3 echo the order numbers: the placer's as sent (else the
+    // accession number), the filler's as sent (else the job id).
+    let placer = ctx.placer_order().unwrap();
+    let filler = ctx
+        .filler_order()
+        .map_or_else(|| format!("{}^SLIDEGRADE", ctx.job_id), str::to_string);
     let obr = &parsed["obr"];
-    assert_eq!(
-        obr["placer_order_number"],
-        ctx.accession_number.as_deref().unwrap()
-    );
-    assert_eq!(
-        obr["filler_order_number"],
-        format!("{}^SLIDEGRADE", ctx.job_id)
-    );
+    assert_eq!(obr["placer_order_number"], placer);
+    assert_eq!(obr["filler_order_number"], filler);
+    let orc = &parsed["orc"];
+    assert_eq!(orc["order_control"], "RE");
+    assert_eq!(orc["placer_order_number"], placer);
+    assert_eq!(orc["filler_order_number"], filler);
     assert_eq!(
         obr["universal_service_id"],
         "66117-3^Prostate Pathology biopsy report^LN"
@@ -205,7 +219,27 @@ fn graded_bundle_validates_as_fhir_r4() {
     assert_eq!(codes(&report["code"]), ["http://loinc.org|66117-3"]);
     assert!(codes(&report["category"]).contains(&"http://loinc.org|LP7839-6"));
     assert_eq!(report["conclusion"], ctx.conclusion());
-    assert_eq!(report["subject"], Value::Null);
+    // The patient as a logical reference (the LIS resolves it to its own Patient), and
+    // the order numbers as typed identifiers.
+    assert_eq!(report["subject"], Value::Null, "no literal reference");
+    assert_eq!(report["subject_identifier"], "MRN-004217");
+    assert_eq!(report["subject_display"], "Jane Doe");
+    let typed = |code: &str| {
+        report["identifier"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| codes(&i["type"]).contains(&code))
+            .map(|i| i["value"].clone())
+    };
+    assert_eq!(
+        typed("http://terminology.hl7.org/CodeSystem/v2-0203|PLAC"),
+        Some("ORD-77^LIS".into())
+    );
+    assert_eq!(
+        typed("http://terminology.hl7.org/CodeSystem/v2-0203|FILL"),
+        None
+    );
     assert_eq!(report["result"].as_array().unwrap().len(), 4);
     let form = &report["presentedForm"][0];
     assert_eq!(form["contentType"], "image/png");
@@ -252,6 +286,7 @@ fn graded_bundle_validates_as_fhir_r4() {
     let confidence = observation(&summary, "urn:slidegrade:code|confidence");
     assert_eq!(confidence["valueQuantity"]["value"], 0.912);
     for o in resources(&summary, "Observation") {
+        assert_eq!(o["subject_identifier"], "MRN-004217");
         assert!(o["device"].as_str().unwrap().starts_with("urn:uuid:"));
         assert!(o["specimen"].as_str().unwrap().starts_with("urn:uuid:"));
     }
@@ -274,7 +309,20 @@ fn graded_oru_r01_parses_strictly_as_hl7_v2_5_1() {
 
     let segments = codes(&parsed["segments"]);
     assert_eq!(segments.first(), Some(&"MSH"));
-    assert!(!segments.contains(&"PID"), "no invented patient");
+    assert_eq!(
+        &segments[..4],
+        ["MSH", "PID", "ORC", "OBR"],
+        "ORU_R01 order: PATIENT then ORDER_OBSERVATION"
+    );
+    let pid = &parsed["pid"];
+    assert_eq!(
+        (&pid["patient_id"], &pid["family"], &pid["given"]),
+        (&"MRN-004217".into(), &"Doe".into(), &"Jane".into())
+    );
+    assert_eq!(
+        parsed["orc"]["placer_order_number"], "ORD-77^LIS",
+        "escaped and back"
+    );
     assert_eq!(segments.iter().filter(|s| **s == "OBX").count(), 9);
     assert_eq!(parsed["spm"]["specimen_id"], "SP24-0123-A1");
 
@@ -339,4 +387,10 @@ fn no_tissue_messages_validate_and_carry_no_grade() {
     assert_eq!(obx_codes, ["22637-3", "model"]);
     assert_eq!(obx(&parsed, "22637-3")["value"], ctx.conclusion());
     assert_eq!(parsed["spm"], Value::Null);
+    assert_eq!(
+        parsed["pid"],
+        Value::Null,
+        "no patient identifier sent: no PID"
+    );
+    assert_eq!(parsed["orc"]["order_control"], "RE");
 }

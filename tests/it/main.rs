@@ -11,6 +11,7 @@ mod engine;
 mod grade_slides;
 mod grade_synthetic;
 mod hostile_input;
+mod lims_identity;
 mod lims_messages;
 mod postgres;
 mod replicas;

@@ -104,6 +104,11 @@ impl Serve {
         }
     }
 
+    /// Every log line received so far that no `wait_for_log` consumed.
+    pub fn drain_log(&self) -> Vec<serde_json::Value> {
+        self.log.try_iter().collect()
+    }
+
     pub fn terminate(&self) {
         let status = Command::new("kill")
             .arg("-TERM")

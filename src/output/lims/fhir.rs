@@ -27,7 +27,11 @@
 //!   `accessionIdentifier` / `identifier`).
 //! - **Device**: the model (name, version, ONNX sha256 as an identifier).
 //!
-//! No Patient: `subject` is optional in R4 and nothing identifies one here. Every resource
+//! The patient, when the LIS sent an identifier, is a logical reference: `subject` with
+//! the identifier (and the name as `display`) on the report and each Observation, so that
+//! the receiver resolves it to its own Patient; this service holds no Patient resource.
+//! The placer and filler order numbers are report identifiers typed `PLAC` and `FILL`
+//! (HL7 v2-0203), the keys a LIS matches its order on. Every resource
 //! that states a finding carries the HL7 security label AIAST ("Artificial Intelligence
 //! asserted"). `fullUrl`s are `urn:uuid:`s derived from the job id, so the same job gives
 //! the same Bundle.
@@ -45,6 +49,17 @@ pub fn bundle(ctx: &ReportContext) -> Value {
     let specimen_url =
         (ctx.accession().is_some() || ctx.specimen().is_some()).then(|| urn("Specimen"));
 
+    let subject = ctx.patient().map(|(id, name)| {
+        let mut reference = json!({ "identifier": { "value": id } });
+        if let Some((family, given)) = name {
+            reference["display"] = json!(if given.is_empty() {
+                family.to_string()
+            } else {
+                format!("{given} {family}")
+            });
+        }
+        reference
+    });
     let observation = |code: Value, value: (&str, Value)| {
         let mut o = json!({
             "resourceType": "Observation",
@@ -55,6 +70,9 @@ pub fn bundle(ctx: &ReportContext) -> Value {
             "issued": issued,
             "device": { "reference": device_url },
         });
+        if let Some(subject) = &subject {
+            o["subject"] = subject.clone();
+        }
         if let Some(url) = &specimen_url {
             o["specimen"] = json!({ "reference": url });
         }
@@ -116,6 +134,12 @@ pub fn bundle(ctx: &ReportContext) -> Value {
     if let Some(accession) = ctx.accession() {
         identifiers.push(accession_identifier(accession));
     }
+    if let Some(placer) = ctx.placer_order() {
+        identifiers.push(order_identifier(codes::PLACER_ID_TYPE, placer));
+    }
+    if let Some(filler) = ctx.filler_order() {
+        identifiers.push(order_identifier(codes::FILLER_ID_TYPE, filler));
+    }
     let mut report = json!({
         "resourceType": "DiagnosticReport",
         "meta": { "security": [coding(codes::AI_ASSERTED)] },
@@ -126,6 +150,9 @@ pub fn bundle(ctx: &ReportContext) -> Value {
         "issued": issued,
         "conclusion": ctx.conclusion(),
     });
+    if let Some(subject) = &subject {
+        report["subject"] = subject.clone();
+    }
     if let Some(url) = &specimen_url {
         report["specimen"] = json!([{ "reference": url }]);
     }
@@ -214,6 +241,10 @@ fn quantity(value: f64, unit: &str, ucum: &str) -> Value {
     json!({ "value": value, "unit": unit, "system": codes::UCUM, "code": ucum })
 }
 
+fn order_identifier(kind: Code, value: &str) -> Value {
+    json!({ "type": concept(&[kind], None), "value": value })
+}
+
 fn accession_identifier(accession: &str) -> Value {
     json!({
         "type": concept(&[codes::ACCESSION_ID_TYPE], None),
@@ -233,8 +264,11 @@ mod tests {
     fn ctx(grade: Option<Grade>) -> ReportContext {
         ReportContext {
             job_id: "job-42".into(),
-            accession_number: Some("S24-0001".into()),
-            specimen_id: Some("S24-0001-A1".into()),
+            order: crate::output::lims::OrderIdentity {
+                accession_number: Some("S24-0001".into()),
+                specimen_id: Some("S24-0001-A1".into()),
+                ..Default::default()
+            },
             slide_name: "biopsy.svs".into(),
             issued: UNIX_EPOCH + Duration::from_secs(1_714_566_896),
             outcome: if grade.is_some() {
@@ -461,8 +495,8 @@ mod tests {
     #[test]
     fn no_specimen_resource_without_identifiers() {
         let mut c = ctx(Some(graded_3_4()));
-        c.accession_number = Some("  ".into());
-        c.specimen_id = None;
+        c.order.accession_number = Some("  ".into());
+        c.order.specimen_id = None;
         c.overlay_png = None;
         let b = bundle(&c);
         assert_references_resolve(&b);

@@ -4,12 +4,14 @@
 //!
 //! - **MSH**: sending application `SLIDEGRADE`, time, `ORU^R01^ORU_R01`, control id from
 //!   the job id, processing id `P`, version `2.5.1`, character set `UNICODE UTF-8`.
-//! - **No PID.** The PATIENT group is optional in ORU_R01, while a PID, once present, must
-//!   carry a patient identifier (PID-3) and name (PID-5), which this service does not know
-//!   and must not invent. The LIS matches the result to its order by OBR-2 (placer order
-//!   number = accession number) and OBR-3 (filler order number = job id), the usual
-//!   routing for results of an order the LIS placed.
-//! - **OBR**: placer/filler order numbers, universal service id LOINC 66117-3 "Prostate
+//! - **PID** when the LIS sent a patient identifier: PID-3 the identifier, PID-5 the
+//!   name as `family^given` (or `""`, HL7's explicit null, when no name was sent: PID-5 is
+//!   required). Without an identifier there is no PID: the PATIENT group is optional, and
+//!   a PID must not be invented.
+//! - **ORC**: order control `RE` (observations to follow), ORC-2 the placer and ORC-3 the
+//!   filler order number, as in OBR.
+//! - **OBR**: OBR-2 the placer order number (as sent, else the accession number) and
+//!   OBR-3 the filler order number (as sent, else `<job id>^SLIDEGRADE`), universal service id LOINC 66117-3 "Prostate
 //!   Pathology biopsy report" (IHE PaLM RPC), observation and status-change times,
 //!   diagnostic service section `SP` (table 0074), result status `F`.
 //! - **OBX** (status `F`), codes as in the FHIR Bundle ([`super::codes`]):
@@ -22,6 +24,8 @@
 //!
 //! Free text goes through [`escape`]; base64 needs none (its alphabet has no delimiter).
 
+#[cfg(test)]
+use super::OrderIdentity;
 use super::codes::{self, Code};
 use super::{ReportContext, base64, hl7_dtm, sha256_hex};
 
@@ -80,11 +84,25 @@ pub fn oru_r01(ctx: &ReportContext) -> String {
         "",
         "UNICODE UTF-8",
     ])];
+    if let Some((id, name)) = ctx.patient() {
+        let name = match name {
+            Some((family, "")) => escape(family),
+            Some((family, given)) => format!("{}^{}", escape(family), escape(given)),
+            None => "\"\"".to_string(),
+        };
+        segments.push(segment(&["PID", "1", "", &escape(id), "", &name]));
+    }
+    let placer = ctx.placer_order().map(escape).unwrap_or_default();
+    let filler = match ctx.filler_order() {
+        Some(filler) => escape(filler),
+        None => format!("{}^{SENDING_APPLICATION}", escape(&ctx.job_id)),
+    };
+    segments.push(segment(&["ORC", "RE", &placer, &filler]));
     segments.push(segment(&[
         "OBR",
         "1",
-        &ctx.accession().map(escape).unwrap_or_default(),
-        &format!("{}^{SENDING_APPLICATION}", escape(&ctx.job_id)),
+        &placer,
+        &filler,
         &cwe(codes::REPORT, "LN"),
         "",
         "",
@@ -225,8 +243,11 @@ mod tests {
     fn ctx() -> ReportContext {
         ReportContext {
             job_id: "job-42".into(),
-            accession_number: Some("S24|0001^A".into()),
-            specimen_id: Some("S24-0001-A1".into()),
+            order: OrderIdentity {
+                accession_number: Some("S24|0001^A".into()),
+                specimen_id: Some("S24-0001-A1".into()),
+                ..OrderIdentity::default()
+            },
             slide_name: "biopsy.svs".into(),
             issued: UNIX_EPOCH + Duration::from_secs(1_714_566_896),
             outcome: Outcome::Graded,
@@ -272,6 +293,28 @@ mod tests {
     }
 
     #[test]
+    fn pid_carries_the_identifier_and_the_name_or_an_explicit_null() {
+        let pid = |name: Option<&str>| {
+            let mut c = ctx();
+            c.order.patient_id = Some("MRN|7".into());
+            c.order.patient_name = name.map(str::to_string);
+            let msg = oru_r01(&c);
+            let fields = fields(&msg, "PID")[0].clone();
+            (fields[3].to_string(), fields[5].to_string())
+        };
+        assert_eq!(
+            pid(Some("Doe, Jane")),
+            ("MRN\\F\\7".into(), "Doe^Jane".into())
+        );
+        assert_eq!(pid(Some("Doe")), ("MRN\\F\\7".into(), "Doe".into()));
+        assert_eq!(pid(None), ("MRN\\F\\7".into(), "\"\"".into()));
+        // A name without an identifier names no one: no PID.
+        let mut c = ctx();
+        c.order.patient_name = Some("Doe, Jane".into());
+        assert!(!oru_r01(&c).contains("\rPID"));
+    }
+
+    #[test]
     fn message_has_the_expected_segments_and_values() {
         let msg = oru_r01(&ctx());
         assert!(msg.ends_with('\r'));
@@ -280,10 +323,16 @@ mod tests {
         assert_eq!(
             names,
             [
-                "MSH", "OBR", "OBX", "OBX", "OBX", "OBX", "OBX", "OBX", "OBX", "OBX", "OBX", "SPM"
+                "MSH", "ORC", "OBR", "OBX", "OBX", "OBX", "OBX", "OBX", "OBX", "OBX", "OBX", "OBX",
+                "SPM"
             ]
         );
-        assert!(!msg.contains("\rPID"), "no invented patient");
+        assert!(!msg.contains("\rPID"), "no patient identifier sent: no PID");
+        let orc = &fields(&msg, "ORC")[0];
+        assert_eq!(
+            (orc[1], orc[2], orc[3]),
+            ("RE", "S24\\F\\0001\\S\\A", "job-42^SLIDEGRADE")
+        );
 
         let msh = &fields(&msg, "MSH")[0];
         assert_eq!(msh[1], "^~\\&");
@@ -329,7 +378,7 @@ mod tests {
         c.outcome = Outcome::NoTissue;
         c.grade = None;
         c.overlay_png = None;
-        c.specimen_id = None;
+        c.order.specimen_id = None;
         let msg = oru_r01(&c);
         let obx = fields(&msg, "OBX");
         assert_eq!(obx.len(), 2);

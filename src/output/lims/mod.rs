@@ -2,8 +2,9 @@
 //! FHIR R4 Bundle ([`fhir::bundle`]) or as an HL7 v2.5.1 ORU^R01 message ([`hl7::oru_r01`]).
 //!
 //! Both are built from one [`ReportContext`] and use the same codes ([`codes`]), so the two
-//! formats never disagree. Neither knows the patient: the service is given a slide and, at
-//! most, an accession number and a specimen id, and it never invents patient identifiers.
+//! formats never disagree. Both echo the [`OrderIdentity`] the LIS sent with the slide
+//! (patient, order numbers, accession number, specimen), so that it can match the result
+//! to its patient and order; what it did not send is left out, never invented.
 //!
 //! Output is reproducible: the same context gives the same bytes (resource ids are derived
 //! from the job id, timestamps come from the context).
@@ -19,13 +20,27 @@ use crate::output::report::{GradeReport, NOTICE};
 pub mod fhir;
 pub mod hl7;
 
+/// Who and what a result is for, as the LIS sent it with the slide. All optional.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct OrderIdentity {
+    /// The LIS's case number.
+    pub accession_number: Option<String>,
+    pub specimen_id: Option<String>,
+    /// The LIS's patient identifier (PID-3; FHIR `subject.identifier`).
+    pub patient_id: Option<String>,
+    /// `Family, Given`, or a family name alone (PID-5; FHIR `subject.display`).
+    pub patient_name: Option<String>,
+    /// The order number of the system that placed the order (ORC-2, OBR-2).
+    pub placer_order_number: Option<String>,
+    /// The order number of the system that fills it (ORC-3, OBR-3).
+    pub filler_order_number: Option<String>,
+}
+
 /// Everything a result message says about one job.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReportContext {
     pub job_id: String,
-    /// The LIS's case number; it routes the result back to the order.
-    pub accession_number: Option<String>,
-    pub specimen_id: Option<String>,
+    pub order: OrderIdentity,
     /// The slide's file name (no directories).
     pub slide_name: String,
     /// When the result was issued (the job's finish time).
@@ -47,16 +62,14 @@ impl ReportContext {
     /// From the server's job record and the job's `result.json` content.
     pub fn from_report(
         job_id: impl Into<String>,
-        accession_number: Option<String>,
-        specimen_id: Option<String>,
+        order: OrderIdentity,
         issued: SystemTime,
         report: &GradeReport,
         overlay_png: Option<Vec<u8>>,
     ) -> Self {
         ReportContext {
             job_id: job_id.into(),
-            accession_number,
-            specimen_id,
+            order,
             slide_name: report.slide.file_name.clone(),
             issued,
             outcome: report.outcome,
@@ -88,12 +101,34 @@ impl ReportContext {
 
     /// The accession number, unless blank.
     pub fn accession(&self) -> Option<&str> {
-        non_blank(&self.accession_number)
+        non_blank(&self.order.accession_number)
     }
 
     /// The specimen id, unless blank.
     pub fn specimen(&self) -> Option<&str> {
-        non_blank(&self.specimen_id)
+        non_blank(&self.order.specimen_id)
+    }
+
+    /// The patient's identifier and, if given, `(family, given)` name. None without an
+    /// identifier: a name alone identifies no one.
+    pub fn patient(&self) -> Option<(&str, Option<(&str, &str)>)> {
+        let id = non_blank(&self.order.patient_id)?;
+        let name = non_blank(&self.order.patient_name).map(|name| match name.split_once(',') {
+            Some((family, given)) => (family.trim(), given.trim()),
+            None => (name.trim(), ""),
+        });
+        Some((id, name))
+    }
+
+    /// The placer order number: as sent, else the accession number (the LIS's case number
+    /// is its order number when it sends no other).
+    pub fn placer_order(&self) -> Option<&str> {
+        non_blank(&self.order.placer_order_number).or_else(|| self.accession())
+    }
+
+    /// The filler order number as sent, if any; otherwise the job id names the order.
+    pub fn filler_order(&self) -> Option<&str> {
+        non_blank(&self.order.filler_order_number)
     }
 
     /// Tumour percentage as reported: one decimal place.
@@ -236,6 +271,16 @@ pub mod codes {
         system: V2_0203,
         code: "ACSN",
         display: "Accession ID",
+    };
+    pub const PLACER_ID_TYPE: Code = Code {
+        system: V2_0203,
+        code: "PLAC",
+        display: "Placer Identifier",
+    };
+    pub const FILLER_ID_TYPE: Code = Code {
+        system: V2_0203,
+        code: "FILL",
+        display: "Filler Identifier",
     };
     pub const CATEGORY_LABORATORY: Code = Code {
         system: OBSERVATION_CATEGORY,

@@ -55,6 +55,14 @@ pub struct SlideUpload {
     accession_number: Option<String>,
     #[schema(max_length = 128, pattern = "^[^|^~\\\\&\\r\\n]*$")]
     specimen_id: Option<String>,
+    #[schema(max_length = 128, pattern = "^[^|^~\\\\&\\r\\n]*$")]
+    patient_id: Option<String>,
+    #[schema(max_length = 128, pattern = "^[^|^~\\\\&\\r\\n]*$")]
+    patient_name: Option<String>,
+    #[schema(max_length = 128, pattern = "^[^|^~\\\\&\\r\\n]*$")]
+    placer_order_number: Option<String>,
+    #[schema(max_length = 128, pattern = "^[^|^~\\\\&\\r\\n]*$")]
+    filler_order_number: Option<String>,
     #[schema(pattern = "^https?://[^/]+")]
     callback_url: Option<String>,
 }
@@ -77,6 +85,14 @@ pub struct PathSubmissionBody {
     accession_number: Option<String>,
     #[schema(max_length = 128, pattern = "^[^|^~\\\\&\\r\\n]*$")]
     specimen_id: Option<String>,
+    #[schema(max_length = 128, pattern = "^[^|^~\\\\&\\r\\n]*$")]
+    patient_id: Option<String>,
+    #[schema(max_length = 128, pattern = "^[^|^~\\\\&\\r\\n]*$")]
+    patient_name: Option<String>,
+    #[schema(max_length = 128, pattern = "^[^|^~\\\\&\\r\\n]*$")]
+    placer_order_number: Option<String>,
+    #[schema(max_length = 128, pattern = "^[^|^~\\\\&\\r\\n]*$")]
+    filler_order_number: Option<String>,
     #[schema(pattern = "^https?://[^/]+")]
     callback_url: Option<String>,
 }
@@ -96,6 +112,14 @@ pub struct SyncPathSubmission {
     accession_number: Option<String>,
     #[schema(max_length = 128, pattern = "^[^|^~\\\\&\\r\\n]*$")]
     specimen_id: Option<String>,
+    #[schema(max_length = 128, pattern = "^[^|^~\\\\&\\r\\n]*$")]
+    patient_id: Option<String>,
+    #[schema(max_length = 128, pattern = "^[^|^~\\\\&\\r\\n]*$")]
+    patient_name: Option<String>,
+    #[schema(max_length = 128, pattern = "^[^|^~\\\\&\\r\\n]*$")]
+    placer_order_number: Option<String>,
+    #[schema(max_length = 128, pattern = "^[^|^~\\\\&\\r\\n]*$")]
+    filler_order_number: Option<String>,
 }
 
 /// The multipart form of `POST /v1/grade` (schema only; see [`SlideUpload`]).
@@ -114,6 +138,14 @@ pub struct SyncSlideUpload {
     accession_number: Option<String>,
     #[schema(max_length = 128, pattern = "^[^|^~\\\\&\\r\\n]*$")]
     specimen_id: Option<String>,
+    #[schema(max_length = 128, pattern = "^[^|^~\\\\&\\r\\n]*$")]
+    patient_id: Option<String>,
+    #[schema(max_length = 128, pattern = "^[^|^~\\\\&\\r\\n]*$")]
+    patient_name: Option<String>,
+    #[schema(max_length = 128, pattern = "^[^|^~\\\\&\\r\\n]*$")]
+    placer_order_number: Option<String>,
+    #[schema(max_length = 128, pattern = "^[^|^~\\\\&\\r\\n]*$")]
+    filler_order_number: Option<String>,
 }
 
 /// Parses the JSON form of a submission (pure, so the fuzzer can reach it).
@@ -330,6 +362,10 @@ async fn receive_upload(
                     "model" => options.model = value,
                     "accession_number" => options.accession_number = value,
                     "specimen_id" => options.specimen_id = value,
+                    "patient_id" => options.patient_id = value,
+                    "patient_name" => options.patient_name = value,
+                    "placer_order_number" => options.placer_order_number = value,
+                    "filler_order_number" => options.filler_order_number = value,
                     "callback_url" => options.callback_url = value,
                     "mpp" => {
                         options.mpp = value
@@ -395,6 +431,10 @@ async fn validate(state: &AppState, slide: &AcceptedSlide) -> Result<(), ApiErro
     for (field, value) in [
         ("accession_number", &o.accession_number),
         ("specimen_id", &o.specimen_id),
+        ("patient_id", &o.patient_id),
+        ("patient_name", &o.patient_name),
+        ("placer_order_number", &o.placer_order_number),
+        ("filler_order_number", &o.filler_order_number),
     ] {
         if value.as_ref().is_some_and(|v| {
             v.chars().count() > 128 || v.contains(['|', '^', '~', '\\', '&', '\r', '\n'])
@@ -424,12 +464,16 @@ fn request_hash(slide: &AcceptedSlide) -> String {
         "mpp": o.mpp,
         "accession_number": o.accession_number,
         "specimen_id": o.specimen_id,
+        "patient_id": o.patient_id,
+        "patient_name": o.patient_name,
+        "placer_order_number": o.placer_order_number,
+        "filler_order_number": o.filler_order_number,
         "callback_url": o.callback_url,
     });
     hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
 }
 
-#[utoipa::path(post, path = "/v1/slides", tag = "jobs", description = "Submit a slide for grading: multipart (`slide` file + optional `model`, `mpp`, `accession_number`, `specimen_id`, `callback_url` fields) or JSON `{\"path\": ..., ...}` under a shared root. Honours `Idempotency-Key`. Role: submit.", params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[!-~]+$", description = "repeat a submission safely: the same key and request give the same job (visible ASCII, 1–255 characters)")), request_body(content((SlideUpload = "multipart/form-data"), (PathSubmissionBody = "application/json"))), responses((status = 202, description = "accepted; Location names the job", body = JobView), SubmissionErrors, KeyedErrors))]
+#[utoipa::path(post, path = "/v1/slides", tag = "jobs", description = "Submit a slide for grading: multipart (`slide` file + optional `model`, `mpp`, `accession_number`, `specimen_id`, `patient_id`, `patient_name`, `placer_order_number`, `filler_order_number`, `callback_url` fields) or JSON `{\"path\": ..., ...}` under a shared root. Honours `Idempotency-Key`. Role: submit.", params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[!-~]+$", description = "repeat a submission safely: the same key and request give the same job (visible ASCII, 1–255 characters)")), request_body(content((SlideUpload = "multipart/form-data"), (PathSubmissionBody = "application/json"))), responses((status = 202, description = "accepted; Location names the job", body = JobView), SubmissionErrors, KeyedErrors))]
 pub(super) async fn submit_slide(
     State(state): State<Arc<AppState>>,
     request: Request,

@@ -28,8 +28,14 @@ async fn report_context(
         std::time::UNIX_EPOCH + Duration::from_secs(job.finished_at.unwrap_or(job.created_at));
     Ok(crate::output::lims::ReportContext {
         job_id: job.id,
-        accession_number: job.request.accession_number,
-        specimen_id: job.request.specimen_id,
+        order: crate::output::lims::OrderIdentity {
+            accession_number: job.request.accession_number,
+            specimen_id: job.request.specimen_id,
+            patient_id: job.request.patient_id,
+            patient_name: job.request.patient_name,
+            placer_order_number: job.request.placer_order_number,
+            filler_order_number: job.request.filler_order_number,
+        },
         slide_name: summary.slide.file_name,
         issued,
         outcome: summary.outcome,

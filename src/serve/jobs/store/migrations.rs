@@ -114,7 +114,20 @@ CREATE TABLE api_keys (
         sqlite: LEASES,
         postgres: LEASES,
     },
+    // The patient and order identity an LIS sends with a job, echoed in its HL7 and FHIR
+    // results.
+    Migration {
+        version: 3,
+        sqlite: PATIENT_AND_ORDER,
+        postgres: PATIENT_AND_ORDER,
+    },
 ];
+
+const PATIENT_AND_ORDER: &str = "
+ALTER TABLE jobs ADD COLUMN patient_id TEXT;
+ALTER TABLE jobs ADD COLUMN patient_name TEXT;
+ALTER TABLE jobs ADD COLUMN placer_order_number TEXT;
+ALTER TABLE jobs ADD COLUMN filler_order_number TEXT;";
 
 const LEASES: &str = "
 ALTER TABLE jobs ADD COLUMN lease_owner TEXT;

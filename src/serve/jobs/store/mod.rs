@@ -78,6 +78,21 @@ pub struct JobRequest {
     pub accession_number: Option<String>,
     #[schema(max_length = 128, pattern = "^[^|^~\\\\&\\r\\n]*$")]
     pub specimen_id: Option<String>,
+    /// The LIS's patient identifier (HL7 PID-3, FHIR Patient identifier). Stored with the
+    /// job and echoed in the ORU^R01 and the FHIR Bundle; never logged.
+    #[schema(max_length = 128, pattern = "^[^|^~\\\\&\\r\\n]*$")]
+    pub patient_id: Option<String>,
+    /// The patient's name as `Family, Given` (or a family name alone): HL7 PID-5, FHIR
+    /// Reference display. Used only with `patient_id` (a name identifies no one); never
+    /// logged.
+    #[schema(max_length = 128, pattern = "^[^|^~\\\\&\\r\\n]*$")]
+    pub patient_name: Option<String>,
+    /// The LIS's order number (ORC-2 and OBR-2; default: the accession number).
+    #[schema(max_length = 128, pattern = "^[^|^~\\\\&\\r\\n]*$")]
+    pub placer_order_number: Option<String>,
+    /// The lab system's order number (ORC-3 and OBR-3; default: the job id).
+    #[schema(max_length = 128, pattern = "^[^|^~\\\\&\\r\\n]*$")]
+    pub filler_order_number: Option<String>,
     /// An http(s) URL that gets the finished job, signed (`POST /v1/slides` only; the
     /// server needs `--webhook-secret`).
     #[schema(pattern = "^https?://[^/]+")]
@@ -199,7 +214,8 @@ pub const JOBS_CHANNEL: &str = "slidegrade_jobs";
 
 const JOB_COLUMNS: &str = "id, state, created_at, started_at, finished_at, slide_path, slide_name, uploaded, \
      model, mpp, accession_number, specimen_id, callback_url, progress_done, progress_total, \
-     error, error_type, attempts, out_dir, lease_owner";
+     error, error_type, attempts, out_dir, lease_owner, patient_id, patient_name, \
+     placer_order_number, filler_order_number";
 
 const DELIVERY_COLUMNS: &str =
     "job_id, url, state, attempts, next_attempt_at, last_status, last_error, payload";
@@ -235,6 +251,10 @@ fn job_from_row(row: &Row) -> Result<Job, StoreError> {
             accession_number: row.opt_text(10)?,
             specimen_id: row.opt_text(11)?,
             callback_url: row.opt_text(12)?,
+            patient_id: row.opt_text(20)?,
+            patient_name: row.opt_text(21)?,
+            placer_order_number: row.opt_text(22)?,
+            filler_order_number: row.opt_text(23)?,
         },
         progress_done: row.count(13)?,
         progress_total: row.count(14)?,
@@ -414,8 +434,10 @@ impl Store {
         self.backend.run(|db| {
             let sql = format!(
                 "INSERT INTO jobs (id, state, created_at, slide_path, slide_name, uploaded, model, mpp,
-                    accession_number, specimen_id, callback_url, idempotency_key, request_hash, out_dir)
-                 VALUES (?1, 'queued', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
+                    accession_number, specimen_id, callback_url, idempotency_key, request_hash, out_dir,
+                    patient_id, patient_name, placer_order_number, filler_order_number)
+                 VALUES (?1, 'queued', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15,
+                    ?16, ?17)
                  ON CONFLICT (idempotency_key) DO NOTHING
                  RETURNING {JOB_COLUMNS}"
             );
@@ -433,6 +455,10 @@ impl Store {
                 job.idempotency_key.into(),
                 job.request_hash.into(),
                 job.out_dir.to_string_lossy().into_owned().into(),
+                r.patient_id.as_deref().into(),
+                r.patient_name.as_deref().into(),
+                r.placer_order_number.as_deref().into(),
+                r.filler_order_number.as_deref().into(),
             ];
             if let Some(row) = db.query_opt(&sql, &params)? {
                 announce_job(db)?;
@@ -443,7 +469,7 @@ impl Store {
             let row = db
                 .query_opt(&sql, &[job.idempotency_key.into()])?
                 .ok_or_else(|| StoreError::Decode("an insert conflicted with no row".into()))?;
-            if row.opt_text(20)?.as_deref() != Some(job.request_hash) {
+            if row.opt_text(24)?.as_deref() != Some(job.request_hash) {
                 return Ok(Insert::Conflict);
             }
             Ok(Insert::Existing(job_from_row(&row)?))
