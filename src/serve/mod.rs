@@ -3,4 +3,5 @@
 
 pub mod http;
 pub mod jobs;
+pub mod mllp;
 pub mod service;

@@ -102,6 +102,10 @@ pub struct ServeArgs {
     /// Webhook attempts before giving up.
     #[arg(long, env = "SLIDEGRADE_WEBHOOK_MAX_ATTEMPTS", default_value_t = 8)]
     webhook_max_attempts: u32,
+    /// Listen for HL7 v2 orders (OML^O21, ORM^O01) over MLLP on this address, e.g.
+    /// `0.0.0.0:2575`. Off by default. Orders name slides under --shared-root.
+    #[arg(long, env = "SLIDEGRADE_MLLP_BIND")]
+    mllp_bind: Option<SocketAddr>,
     /// Allowed CORS origins (comma-separated). Empty: CORS is off.
     #[arg(long, env = "SLIDEGRADE_CORS_ORIGINS", value_delimiter = ',')]
     cors_origins: Vec<String>,
@@ -185,7 +189,12 @@ pub fn run_cli(args: ServeArgs) -> anyhow::Result<()> {
     }
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
-        let service = Service::build(&config).await?;
+        let mut service = Service::build(&config).await?;
+        if let Some(addr) = args.mllp_bind {
+            let mllp = tokio::net::TcpListener::bind(addr).await?;
+            tracing::info!(addr = %mllp.local_addr()?, "MLLP listening");
+            service = service.with_mllp(mllp);
+        }
         let listener = tokio::net::TcpListener::bind(args.bind).await?;
         tracing::info!(addr = %listener.local_addr()?, models = service.state.models.pools.len(), "listening");
         service.run(listener, shutdown_signal()).await?;
@@ -263,6 +272,8 @@ pub struct Service {
     pub state: Arc<AppState>,
     retention: Duration,
     shutdown_grace: Duration,
+    /// Where HL7 orders arrive over MLLP, if anywhere.
+    mllp: Option<TcpListener>,
 }
 
 impl Service {
@@ -291,7 +302,14 @@ impl Service {
             state,
             retention: config.retention,
             shutdown_grace: config.shutdown_grace,
+            mllp: None,
         }
+    }
+
+    /// Also takes HL7 orders over MLLP on `listener` (`serve --mllp-bind`).
+    pub fn with_mllp(mut self, listener: TcpListener) -> Service {
+        self.mllp = Some(listener);
+        self
     }
 
     /// Runs the whole service on `listener` until `shutdown` completes.
@@ -304,6 +322,7 @@ impl Service {
             state,
             retention,
             shutdown_grace,
+            mllp,
         } = self;
         let (stop_tx, stop_rx) = watch::channel(false);
         let workers = state.jobs.spawn_workers(stop_rx.clone());
@@ -314,6 +333,13 @@ impl Service {
             stop_rx.clone(),
         ));
         let leases = tokio::spawn(expire_leases_loop(state.jobs.clone(), stop_rx.clone()));
+        let orders = mllp.map(|listener| {
+            tokio::spawn(crate::serve::mllp::serve_orders(
+                listener,
+                state.clone(),
+                stop_rx.clone(),
+            ))
+        });
         let cleaner = tokio::spawn(clean_up_loop(
             state.jobs.clone(),
             retention,
@@ -350,6 +376,9 @@ impl Service {
         }
         let _ = deliveries.await;
         let _ = leases.await;
+        if let Some(orders) = orders {
+            let _ = orders.await;
+        }
         let _ = cleaner.await;
         tracing::info!("shut down");
         served

@@ -13,6 +13,7 @@ mod grade_synthetic;
 mod hostile_input;
 mod lims_identity;
 mod lims_messages;
+mod mllp_orders;
 mod postgres;
 mod replicas;
 mod serve_process;

@@ -31,6 +31,8 @@ pub struct Serve {
     pub addr: SocketAddr,
     /// Its log lines (JSON), read from stderr by a thread.
     log: mpsc::Receiver<serde_json::Value>,
+    /// The lines `wait_for_log` has read so far.
+    pub seen: Vec<serde_json::Value>,
 }
 
 impl Drop for Serve {
@@ -78,6 +80,7 @@ impl Serve {
             child,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             log,
+            seen: Vec::new(),
         };
         // Port 0: the bound address is only known from the "listening" line.
         let listening = serve.wait_for_log("listening");
@@ -94,8 +97,12 @@ impl Serve {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.log.recv_timeout(left) {
-                Ok(line) if line["fields"]["message"] == message => return line,
-                Ok(_) => {}
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line["fields"]["message"] == message {
+                        return line;
+                    }
+                }
                 Err(_) => panic!(
                     "no `{message}` log line (exit status: {:?})",
                     self.child.try_wait()

@@ -19,7 +19,7 @@ use super::state::AppState;
 
 use crate::grader::Grader;
 use crate::output::report::GradeReport;
-use crate::serve::jobs::store::{Insert, JobRequest, KeyRole, NewJob};
+use crate::serve::jobs::store::{Insert, Job, JobRequest, KeyRole, NewJob};
 use crate::slide::Slide;
 
 use super::jobs::{JobView, job_view};
@@ -480,28 +480,73 @@ pub(super) async fn submit_slide(
 ) -> Result<Response, ApiError> {
     authorize(&state, request.headers(), KeyRole::Submit, "submit slides")?;
     let idempotency_key = idempotency_key(request.headers())?;
-    // Checked before reading the body and again just before the insert: the upload can
-    // take minutes, during which the queue fills or shutdown starts.
-    let intake_open = |state: &AppState| -> Result<(), ApiError> {
-        let retry_after_secs = state.api.retry_after_secs;
-        if !state.jobs.is_accepting() {
-            return Err(ApiError::ShuttingDown { retry_after_secs });
-        }
-        if !state.jobs.has_room()? {
-            let queued = state
-                .jobs
-                .store
-                .count_in_state(crate::serve::jobs::store::JobState::Queued)?;
-            return Err(ApiError::QueueFull {
-                queued,
-                retry_after_secs,
-            });
-        }
-        Ok(())
-    };
     intake_open(&state)?;
     let slide = read_submission(&state, request).await?;
-    if let Err(e) = validate(&state, &slide).await {
+    let job = queue_slide(&state, slide, idempotency_key.as_deref())
+        .await?
+        .0;
+    let location = format!("/v1/jobs/{}", job.id);
+    Ok((
+        StatusCode::ACCEPTED,
+        [(header::LOCATION, location)],
+        Json(job_view(job)),
+    )
+        .into_response())
+}
+
+/// Refuses new work while shutting down or while the queue is full. Checked before a body
+/// is read and again just before the insert: an upload can take minutes, during which the
+/// queue fills or shutdown starts.
+pub(crate) fn intake_open(state: &AppState) -> Result<(), ApiError> {
+    let retry_after_secs = state.api.retry_after_secs;
+    if !state.jobs.is_accepting() {
+        return Err(ApiError::ShuttingDown { retry_after_secs });
+    }
+    if !state.jobs.has_room()? {
+        let queued = state
+            .jobs
+            .store
+            .count_in_state(crate::serve::jobs::store::JobState::Queued)?;
+        return Err(ApiError::QueueFull {
+            queued,
+            retry_after_secs,
+        });
+    }
+    Ok(())
+}
+
+/// Queues a job for a slide under a shared root, as `{"path": ...}` does: the path must
+/// lie under `--shared-root`, the slide must open, the queue must have room. Returns the
+/// job and whether it is new (false: the idempotency key named an earlier one).
+pub(crate) async fn queue_shared_slide(
+    state: &AppState,
+    path: &str,
+    options: JobRequest,
+    idempotency_key: Option<&str>,
+) -> Result<(Job, bool), ApiError> {
+    intake_open(state)?;
+    let path = resolve_shared_path(&state.api.shared_roots, path)?;
+    let name = path
+        .file_name()
+        .map_or("slide".into(), |n| n.to_string_lossy().into_owned());
+    let slide = AcceptedSlide {
+        identity: format!("path:{}", path.display()),
+        path,
+        name,
+        uploaded: false,
+        options,
+    };
+    queue_slide(state, slide, idempotency_key).await
+}
+
+/// Validates an accepted slide and inserts its job (or resolves the idempotency key);
+/// an uploaded slide that does not become a new job is deleted.
+async fn queue_slide(
+    state: &AppState,
+    slide: AcceptedSlide,
+    idempotency_key: Option<&str>,
+) -> Result<(Job, bool), ApiError> {
+    if let Err(e) = validate(state, &slide).await {
         slide.discard();
         return Err(e);
     }
@@ -509,7 +554,7 @@ pub(super) async fn submit_slide(
     let out_dir = state.jobs.results_dir(&id);
     let job_request = slide.options.clone();
     let hash = request_hash(&slide);
-    if let Err(e) = intake_open(&state) {
+    if let Err(e) = intake_open(state) {
         slide.discard();
         return Err(e);
     }
@@ -519,36 +564,29 @@ pub(super) async fn submit_slide(
         slide_name: &slide.name,
         uploaded: slide.uploaded,
         request: &job_request,
-        idempotency_key: idempotency_key.as_deref(),
+        idempotency_key,
         request_hash: &hash,
         out_dir: &out_dir,
     });
-    let job = match inserted {
+    match inserted {
         Ok(Insert::Created(job)) => {
             tracing::info!(job = %job.id, uploaded = job.uploaded, "job queued");
             state.jobs.notify();
-            job
+            Ok((job, true))
         }
         Ok(Insert::Existing(job)) => {
             slide.discard();
-            job
+            Ok((job, false))
         }
         Ok(Insert::Conflict) => {
             slide.discard();
-            return Err(ApiError::IdempotencyConflict);
+            Err(ApiError::IdempotencyConflict)
         }
         Err(e) => {
             slide.discard();
-            return Err(e.into());
+            Err(e.into())
         }
-    };
-    let location = format!("/v1/jobs/{}", job.id);
-    Ok((
-        StatusCode::ACCEPTED,
-        [(header::LOCATION, location)],
-        Json(job_view(job)),
-    )
-        .into_response())
+    }
 }
 
 /// Grades a small slide within the request and answers with the result JSON.

@@ -4,7 +4,7 @@
 
 pub mod auth;
 pub mod error;
-mod intake;
+pub(crate) mod intake;
 mod jobs;
 mod lims;
 mod openapi;
