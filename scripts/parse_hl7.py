@@ -118,6 +118,7 @@ def main():
             "result_status": field(obr, 25),
         },
         "pid": None,
+        "nte": None,
         "orc": None,
         "spm": None,
         "obx": [],
@@ -130,6 +131,10 @@ def main():
             "family": msg.unescape(str(name[0])),
             "given": msg.unescape(str(name[1])) if len(name) > 1 else "",
         }
+    except KeyError:
+        pass
+    try:
+        out["nte"] = value(msg.segment("NTE"), 3)
     except KeyError:
         pass
     try:
@@ -147,7 +152,11 @@ def main():
     except KeyError:
         pass
 
-    for seg in msg.segments("OBX"):
+    try:
+        observations = msg.segments("OBX")
+    except KeyError:  # a failed job's ORU has none
+        observations = []
+    for seg in observations:
         kind = field(seg, 2)
         code = seg[3][0]
         obx = {

@@ -37,7 +37,8 @@ enum Command {
         command: slidegrade::train::cli::TrainCommand,
     },
     /// Serve the HTTP API with every valid model in the models folder.
-    Serve(slidegrade::serve::service::ServeArgs),
+    // Boxed: its flags outweigh every other command's.
+    Serve(Box<slidegrade::serve::service::ServeArgs>),
     /// Print a slide's vendor, levels, µm/px and objective power.
     Info(slidegrade::slide::InfoArgs),
     /// Write a synthetic pyramidal slide (tiled TIFF with µm/px) with known Gleason
@@ -106,7 +107,7 @@ fn init_logging(format: LogFormat) {
 
 fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Serve(args) => slidegrade::serve::service::run_cli(args),
+        Command::Serve(args) => slidegrade::serve::service::run_cli(*args),
         // `main` answers it with the child protocol; here it is a plain probe.
         Command::ProbeSlide { slide, mpp } => {
             slidegrade::slide::isolated::probe(&slide, mpp)?;

@@ -22,7 +22,8 @@ pub struct Metrics {
     pub batch_size: Histogram,
     pub ort_batch_seconds: Histogram,
     pub execution_provider: IntGaugeVec,
-    pub webhook_deliveries: IntCounterVec,
+    /// Delivery attempts of finished jobs' messages, by channel (`webhook`, `hl7_result`).
+    pub deliveries: IntCounterVec,
 }
 
 fn build() -> Result<Metrics, prometheus::Error> {
@@ -76,12 +77,12 @@ fn build() -> Result<Metrics, prometheus::Error> {
             ),
             &["model", "provider"],
         )?,
-        webhook_deliveries: IntCounterVec::new(
+        deliveries: IntCounterVec::new(
             Opts::new(
-                "webhook_deliveries_total",
-                "Webhook delivery attempts by outcome",
+                "deliveries_total",
+                "Delivery attempts of finished jobs' webhooks and HL7 results, by channel and outcome",
             ),
-            &["outcome"],
+            &["channel", "outcome"],
         )?,
         registry,
     };
@@ -96,8 +97,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
     m.registry.register(Box::new(m.ort_batch_seconds.clone()))?;
     m.registry
         .register(Box::new(m.execution_provider.clone()))?;
-    m.registry
-        .register(Box::new(m.webhook_deliveries.clone()))?;
+    m.registry.register(Box::new(m.deliveries.clone()))?;
     Ok(m)
 }
 

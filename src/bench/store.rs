@@ -73,7 +73,7 @@ fn measure(args: &StoreBenchArgs, location: &StoreLocation) -> anyhow::Result<()
                     let owner = format!("bench-claimer-{c}");
                     let mut n = 0;
                     while let Some(job) = store.claim_next(&owner, Duration::from_secs(60))? {
-                        store.finish(&job.id, &owner, JobState::Done, None, None)?;
+                        store.finish(&job.id, &owner, JobState::Done, None, &[])?;
                         n += 1;
                     }
                     Ok(n)

@@ -19,6 +19,11 @@
 //!   share, not a slide); `AR` when the server cannot take work now (queue full, shutting
 //!   down) or the message is not an order: the sender should resend later.
 //!
+//! Results go out the same way (`serve --mllp-results HOST:PORT`): each finished job's
+//! ORU^R01 is framed, sent, and delivered once the receiver's ACK says AA (or CA); any
+//! other answer, or none, is retried with backoff like a webhook
+//! ([`crate::serve::jobs::outbox`]), every attempt shown on `GET /v1/jobs/{id}`.
+//!
 //! Nothing from an order is logged except its control id and the outcome: patient and
 //! order identifiers stay out of the logs.
 
@@ -34,7 +39,8 @@ use crate::output::lims::hl7::{SENDING_APPLICATION, control_id, escape};
 use crate::serve::http::AppState;
 use crate::serve::http::error::ApiError;
 use crate::serve::http::intake::queue_shared_slide;
-use crate::serve::jobs::store::JobRequest;
+use crate::serve::jobs::outbox::Attempt;
+use crate::serve::jobs::store::{Delivery, JobRequest};
 
 const START_BLOCK: u8 = 0x0b;
 const END_BLOCK: u8 = 0x1c;
@@ -360,6 +366,43 @@ async fn accept(state: &AppState, raw: &str) -> (Header, Result<String, Refusal>
     match queue_shared_slide(state, &path, order.request, Some(&key)).await {
         Ok((job, _)) => (header, Ok(job.id)),
         Err(e) => (header, Err(Refusal::from_intake(&e))),
+    }
+}
+
+/// Sends one job's ORU^R01 to the receiver named in the delivery and reads its ACK.
+pub async fn send_result(delivery: &Delivery) -> Attempt {
+    let failed = |error: String| Attempt {
+        status: None,
+        error: Some(error),
+    };
+    let stream = match tokio::net::TcpStream::connect(delivery.url.as_str()).await {
+        Ok(stream) => stream,
+        Err(e) => return failed(format!("cannot connect to {}: {e}", delivery.url)),
+    };
+    let (read, mut write) = stream.into_split();
+    if let Err(e) = write_frame(&mut write, delivery.payload.as_bytes()).await {
+        return failed(format!("cannot send: {e}"));
+    }
+    let mut reader = tokio::io::BufReader::new(read);
+    let ack = match read_frame(&mut reader).await {
+        Ok(Some(ack)) => String::from_utf8_lossy(&ack).into_owned(),
+        Ok(None) => return failed("the receiver closed the connection without an ACK".into()),
+        Err(e) => return failed(format!("unreadable ACK: {e}")),
+    };
+    let Ok(message) = hl7_parser::parse_message_with_lenient_newlines(&ack) else {
+        return failed("the answer is not an HL7 message".into());
+    };
+    match text(&message, "MSA.1").as_deref() {
+        Some("AA" | "CA") => Attempt {
+            status: None,
+            error: None,
+        },
+        code => {
+            let reason = text(&message, "ERR.3.2")
+                .or_else(|| text(&message, "MSA.3"))
+                .unwrap_or_default();
+            failed(format!("ACK {}: {reason}", code.unwrap_or("without MSA-1")))
+        }
     }
 }
 

@@ -106,6 +106,10 @@ pub struct ServeArgs {
     /// `0.0.0.0:2575`. Off by default. Orders name slides under --shared-root.
     #[arg(long, env = "SLIDEGRADE_MLLP_BIND")]
     mllp_bind: Option<SocketAddr>,
+    /// Send every finished job's ORU^R01 over MLLP to this receiver (`host:port`),
+    /// retried until it answers AA, as webhooks are retried. Off by default.
+    #[arg(long, env = "SLIDEGRADE_MLLP_RESULTS")]
+    mllp_results: Option<String>,
     /// Allowed CORS origins (comma-separated). Empty: CORS is off.
     #[arg(long, env = "SLIDEGRADE_CORS_ORIGINS", value_delimiter = ',')]
     cors_origins: Vec<String>,
@@ -180,6 +184,7 @@ pub fn run_cli(args: ServeArgs) -> anyhow::Result<()> {
                 ..Default::default()
             },
             lease: secs(args.lease_secs),
+            hl7_results: args.mllp_results,
         },
         retention: secs(args.retention_hours.saturating_mul(3600)),
         shutdown_grace: secs(args.shutdown_grace_secs),
@@ -332,6 +337,16 @@ impl Service {
             state.jobs.settings.webhook.clone(),
             stop_rx.clone(),
         ));
+        let hl7_results = state.jobs.settings.hl7_results.is_some().then(|| {
+            tokio::spawn(crate::serve::jobs::outbox::deliver_loop(
+                state.jobs.store.clone(),
+                state.jobs.replica.clone(),
+                crate::serve::jobs::store::Outbox::Hl7Results,
+                state.jobs.settings.webhook.clone(),
+                stop_rx.clone(),
+                |delivery| async move { crate::serve::mllp::send_result(&delivery).await },
+            ))
+        });
         let leases = tokio::spawn(expire_leases_loop(state.jobs.clone(), stop_rx.clone()));
         let orders = mllp.map(|listener| {
             tokio::spawn(crate::serve::mllp::serve_orders(
@@ -376,6 +391,9 @@ impl Service {
         }
         let _ = deliveries.await;
         let _ = leases.await;
+        if let Some(hl7_results) = hl7_results {
+            let _ = hl7_results.await;
+        }
         if let Some(orders) = orders {
             let _ = orders.await;
         }

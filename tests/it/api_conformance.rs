@@ -50,6 +50,7 @@ async fn the_server_conforms_to_its_openapi_document_under_every_check() {
                 ..WebhookSettings::default()
             },
             lease: Duration::from_secs(3),
+            hl7_results: None,
         },
         retention: Duration::from_secs(3600),
         shutdown_grace: Duration::from_secs(0),

@@ -108,6 +108,7 @@ async fn start(dir: &Path, workers: usize, decoder_exe: &Path) -> Server {
             },
             webhook: WebhookSettings::default(),
             lease: Duration::from_secs(3),
+            hl7_results: None,
         },
         retention: Duration::from_secs(3600),
         shutdown_grace: Duration::from_secs(0),

@@ -159,10 +159,7 @@ fn validate_fhir(ctx: &ReportContext, dir: &Path) -> Value {
     summary
 }
 
-fn parse_hl7(ctx: &ReportContext, dir: &Path) -> Value {
-    let path = dir.join("message.hl7");
-    std::fs::write(&path, hl7::oru_r01(ctx)).unwrap();
-    let parsed = run_script("parse_hl7.py", &path);
+fn assert_known_hl7apy_warnings(parsed: &Value) {
     for w in parsed["hl7apy_warnings"].as_array().unwrap() {
         let w = w.as_str().unwrap();
         assert!(
@@ -170,6 +167,13 @@ fn parse_hl7(ctx: &ReportContext, dir: &Path) -> Value {
             "unexpected hl7apy warning: {w}"
         );
     }
+}
+
+fn parse_hl7(ctx: &ReportContext, dir: &Path) -> Value {
+    let path = dir.join("message.hl7");
+    std::fs::write(&path, hl7::oru_r01(ctx)).unwrap();
+    let parsed = run_script("parse_hl7.py", &path);
+    assert_known_hl7apy_warnings(&parsed);
     let msh = &parsed["msh"];
     assert_eq!(msh["sending_application"], "SLIDEGRADE");
     assert_eq!(msh["message_type"], "ORU^R01^ORU_R01");
@@ -393,4 +397,27 @@ fn no_tissue_messages_validate_and_carry_no_grade() {
         "no patient identifier sent: no PID"
     );
     assert_eq!(parsed["orc"]["order_control"], "RE");
+}
+
+/// A job that could not be graded is still answered: the ORU^R01 with result status X
+/// and the reason in an NTE, valid at hl7apy's strict level.
+#[test]
+fn failed_job_oru_r01_parses_strictly_with_status_x() {
+    let ctx = graded_case();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("failed.hl7");
+    let reason = "decoder_crashed: the slide's decoder crashed | tile 12^3";
+    std::fs::write(
+        &path,
+        hl7::oru_r01_failed(&ctx.job_id, &ctx.order, ctx.issued, reason),
+    )
+    .unwrap();
+    let parsed = run_script("parse_hl7.py", &path);
+    assert_known_hl7apy_warnings(&parsed);
+    let segments = codes(&parsed["segments"]);
+    assert_eq!(segments, ["MSH", "PID", "ORC", "OBR", "NTE"]);
+    assert_eq!(parsed["obr"]["result_status"], "X");
+    assert_eq!(parsed["obr"]["placer_order_number"], "ORD-77^LIS");
+    assert_eq!(parsed["pid"]["patient_id"], "MRN-004217");
+    assert_eq!(parsed["nte"], reason);
 }

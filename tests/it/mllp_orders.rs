@@ -2,7 +2,9 @@
 //! `MLLPClient`, `scripts/mllp_send.py`): an OML^O21 naming a shared slide is answered AA
 //! with the job id and becomes a job carrying the order's patient and order numbers; the
 //! same order again makes no second job; an ORM^O01 names its slide by barcode; and every
-//! order that cannot become a job gets AE or AR with an ERR segment saying why.
+//! order that cannot become a job gets AE or AR with an ERR segment saying why. Results go
+//! back over MLLP to a real receiver (hl7apy's `MLLPServer`, `scripts/mllp_receive.py`),
+//! retried until it answers AA.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -56,6 +58,44 @@ fn send(mllp: SocketAddr, dir: &Path, messages: &[String]) -> Vec<Value> {
         .collect()
 }
 
+/// The LIS's results interface: `scripts/mllp_receive.py` (hl7apy's MLLP server), saving
+/// what it receives under `dir/received`; killed on drop.
+struct Receiver {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn results_receiver(dir: &Path) -> (Receiver, std::path::PathBuf) {
+    use std::io::BufRead;
+    let received = dir.join("received");
+    std::fs::create_dir_all(&received).unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut child = Command::new(root.join(".venv/bin/python"))
+        .arg(root.join("scripts/mllp_receive.py"))
+        .arg(&received)
+        .arg("--fail-first")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run .venv/bin/python (make test sets it up)");
+    let mut first = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let port = first
+        .trim()
+        .strip_prefix("PORT ")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no port from the receiver: {first:?}"));
+    (Receiver { child, port }, received)
+}
+
 #[test]
 fn orders_over_mllp_become_jobs_and_every_refusal_says_why() {
     let Some(data) = common::shared_data() else {
@@ -69,6 +109,8 @@ fn orders_over_mllp_become_jobs_and_every_refusal_says_why() {
     std::fs::create_dir_all(&other).unwrap();
     std::fs::write(other.join("fake.svs"), b"not a slide").unwrap();
     let other_root = other.display().to_string();
+    let (receiver, received) = results_receiver(dir.path());
+    let results_to = format!("127.0.0.1:{}", receiver.port);
     let mut server = Serve::start(
         dir.path(),
         &slides,
@@ -79,6 +121,10 @@ fn orders_over_mllp_become_jobs_and_every_refusal_says_why() {
             "127.0.0.1:0",
             "--shared-root",
             &other_root,
+            "--mllp-results",
+            &results_to,
+            "--webhook-retry-secs",
+            "1",
         ],
     );
     let mllp: SocketAddr = server
@@ -174,6 +220,49 @@ fn orders_over_mllp_become_jobs_and_every_refusal_says_why() {
     assert_eq!(status, 200);
     assert!(oru.contains("\rPID|1||MRN-5521||Brandt^Ilse\r"), "{oru:?}");
     assert!(oru.contains("\rORC|RE|ORD-100|"), "{oru:?}");
+
+    // Results out: each graded job's ORU^R01 reaches the LIS's MLLP receiver, which
+    // refused the first message (AE), so that one was sent again until AA.
+    let jobs = [job.clone(), acks[2]["job_id"].as_str().unwrap().to_string()];
+    let deadline = Instant::now() + JOB_WAIT;
+    let views = loop {
+        let views: Vec<Value> = jobs.iter().map(|id| server.job(id)).collect();
+        if views
+            .iter()
+            .all(|v| v["hl7_result"]["state"] == "delivered")
+        {
+            break views;
+        }
+        assert!(Instant::now() < deadline, "{views:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let attempts: Vec<u64> = views
+        .iter()
+        .map(|v| v["hl7_result"]["attempts"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        attempts.iter().sum::<u64>(),
+        3,
+        "one retry after the AE: {views:?}"
+    );
+    let messages: Vec<String> = std::fs::read_dir(&received)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "hl7"))
+        .map(|e| std::fs::read_to_string(e.path()).unwrap())
+        .collect();
+    assert_eq!(messages.len(), 3, "{messages:?}");
+    let ours = messages
+        .iter()
+        .find(|m| m.contains("\rORC|RE|ORD-100|"))
+        .expect("the ORU for ORD-100");
+    assert!(ours.starts_with("MSH|^~\\&|SLIDEGRADE|"), "{ours:?}");
+    assert!(
+        ours.contains("\rPID|1||MRN-5521||Brandt^Ilse\r"),
+        "{ours:?}"
+    );
+    assert!(ours.contains("\rOBR|1|ORD-100|"), "{ours:?}");
+    drop(receiver);
 
     server.terminate();
     assert!(server.wait_for_exit().success());

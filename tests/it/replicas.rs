@@ -135,21 +135,33 @@ fn a_replica_killed_mid_job_loses_nothing_and_nothing_happens_twice() {
         })
         .collect();
 
-    // Kill a once it has finished a job and is in the middle of another.
+    // Kill a once it has finished a job and is in the middle of another. To be sure the
+    // kill lands mid-job, a is frozen (SIGSTOP) first and the job checked again: still
+    // running means a cannot have finished it; otherwise a resumes and we wait again.
     let a_pid = a.child.id();
+    let signal = |sig: &str| {
+        let status = std::process::Command::new("kill")
+            .args([sig, &a_pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill {sig}");
+    };
     let deadline = Instant::now() + JOB_WAIT;
     let killed_job = loop {
         let jobs: Vec<Value> = ids.iter().map(|id| b.job(id)).collect();
         let finished_on_a = jobs
             .iter()
             .any(|j| j["state"] == "done" && worker_pid(j) == Some(a_pid));
-        let running_on_a = jobs.iter().find(|j| {
-            j["state"] == "running"
-                && worker_pid(j) == Some(a_pid)
-                && j["progress_done"].as_u64().unwrap_or(0) > 0
-        });
+        let running_on_a = jobs
+            .iter()
+            .find(|j| j["state"] == "running" && worker_pid(j) == Some(a_pid));
         if finished_on_a && let Some(job) = running_on_a {
-            break job["id"].as_str().unwrap().to_string();
+            let id = job["id"].as_str().unwrap().to_string();
+            signal("-STOP");
+            if b.job(&id)["state"] == "running" {
+                break id;
+            }
+            signal("-CONT");
         }
         assert!(Instant::now() < deadline, "a never got mid-job: {jobs:?}");
         std::thread::sleep(Duration::from_millis(20));

@@ -97,6 +97,7 @@ impl Setup {
                     ..WebhookSettings::default()
                 },
                 lease: Duration::from_secs(3),
+                hl7_results: None,
             },
             retention: Duration::from_secs(3600),
             shutdown_grace: Duration::from_secs(0),

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use slidegrade::serve::jobs::store::{
-    Callback, Insert, JobRequest, JobState, KeyRole, NewJob, Store, StoreLocation,
+    AttemptRecord, Callback, Insert, JobRequest, JobState, KeyRole, NewJob, Outbox, Store,
+    StoreLocation,
 };
 
 use crate::postgres::TempPostgres;
@@ -128,11 +129,11 @@ fn an_expired_lease_requeues_the_job_and_counts_the_attempt(db: &Db) {
     // The dead replica's late heartbeat and outcome are refused.
     assert!(!a.renew_lease("j1", "replica-a", LONG).unwrap());
     assert!(
-        !a.finish("j1", "replica-a", JobState::Done, None, None)
+        !a.finish("j1", "replica-a", JobState::Done, None, &[])
             .unwrap()
     );
     assert!(
-        b.finish("j1", "replica-b", JobState::Done, None, None)
+        b.finish("j1", "replica-b", JobState::Done, None, &[])
             .unwrap()
     );
     let done = b.get("j1").unwrap().unwrap();
@@ -156,7 +157,7 @@ fn a_restarted_replica_leaves_live_leases_alone(db: &Db) {
     );
     assert!(b.claim_next("replica-b", LONG).unwrap().is_none());
     assert!(
-        a.finish("j1", "replica-a", JobState::Done, None, None)
+        a.finish("j1", "replica-a", JobState::Done, None, &[])
             .unwrap()
     );
 }
@@ -296,46 +297,82 @@ fn webhook_deliveries_are_leased_to_one_replica(db: &Db) {
         format!("{{\"state\":\"{}\"}}", job.state.as_str())
     };
     let callback = Callback {
+        outbox: Outbox::Webhook,
         url: "http://lis.example/hook",
         payload: &payload,
     };
     assert!(
-        a.finish("j", "ra", JobState::Done, None, Some(callback))
+        a.finish("j", "ra", JobState::Done, None, &[callback])
             .unwrap()
     );
-    let queued = b.delivery("j").unwrap().unwrap();
+    let queued = b.delivery(Outbox::Webhook, "j").unwrap().unwrap();
     assert_eq!(
         (queued.state.as_str(), queued.payload.as_str()),
         ("pending", "{\"state\":\"done\"}")
     );
 
-    let claimed = a.claim_delivery("ra", SHORT).unwrap().unwrap();
+    let claimed = a
+        .claim_delivery(Outbox::Webhook, "ra", SHORT)
+        .unwrap()
+        .unwrap();
     assert_eq!(claimed.job_id, "j");
     assert!(
-        b.claim_delivery("rb", LONG).unwrap().is_none(),
+        b.claim_delivery(Outbox::Webhook, "rb", LONG)
+            .unwrap()
+            .is_none(),
         "leased to a"
     );
     // a stalls past its lease; b takes the delivery over and a's late record is refused.
     std::thread::sleep(SHORT * 2);
-    assert!(b.claim_delivery("rb", LONG).unwrap().is_some());
     assert!(
-        !a.record_attempt("j", "ra", "delivered", 0, Some(200), None)
+        b.claim_delivery(Outbox::Webhook, "rb", LONG)
             .unwrap()
+            .is_some()
+    );
+    assert!(
+        !a.record_attempt(
+            Outbox::Webhook,
+            "j",
+            "ra",
+            &attempt("delivered", 0, Some(200), None)
+        )
+        .unwrap()
     );
     let retry_at = slidegrade::serve::jobs::store::now() + 100;
     assert!(
-        b.record_attempt("j", "rb", "pending", retry_at, Some(500), Some("HTTP 500"))
-            .unwrap()
+        b.record_attempt(
+            Outbox::Webhook,
+            "j",
+            "rb",
+            &attempt("pending", retry_at, Some(500), Some("HTTP 500"))
+        )
+        .unwrap()
     );
     assert!(
-        a.claim_delivery("ra", LONG).unwrap().is_none(),
+        a.claim_delivery(Outbox::Webhook, "ra", LONG)
+            .unwrap()
+            .is_none(),
         "not due yet"
     );
-    let d = a.delivery("j").unwrap().unwrap();
+    let d = a.delivery(Outbox::Webhook, "j").unwrap().unwrap();
     assert_eq!(
         (d.attempts, d.last_status, d.state.as_str()),
         (1, Some(500), "pending")
     );
+}
+
+fn attempt<'a>(
+    state: &'a str,
+    next_attempt_at: u64,
+    status: Option<u16>,
+    error: Option<&'a str>,
+) -> AttemptRecord<'a> {
+    AttemptRecord {
+        state,
+        next_attempt_at,
+        status,
+        error,
+    }
 }
 
 fn the_retention_lock_has_one_holder(db: &Db) {

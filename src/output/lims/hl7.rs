@@ -20,14 +20,14 @@
 //!   NM confidence (local), TX conclusion (22637-3), ST model identity (local), and the
 //!   overlay as ED (`^IM^PNG^Base64^…`, local code) when there is one. Benign: no Gleason or
 //!   grade group OBX; no tissue: only conclusion, model and overlay.
+//! - A job that could not be graded gets the same MSH, PID, ORC and OBR with result status
+//!   `X`, and the reason in an NTE ([`oru_r01_failed`]).
 //! - **SPM** when a specimen id is given (SPM-2, type `TISS` from table 0487).
 //!
 //! Free text goes through [`escape`]; base64 needs none (its alphabet has no delimiter).
 
-#[cfg(test)]
-use super::OrderIdentity;
 use super::codes::{self, Code};
-use super::{ReportContext, base64, hl7_dtm, sha256_hex};
+use super::{OrderIdentity, ReportContext, base64, hl7_dtm, sha256_hex};
 
 /// Sending application (MSH-3) and the namespace of the filler order number (OBR-3).
 pub const SENDING_APPLICATION: &str = "SLIDEGRADE";
@@ -61,9 +61,14 @@ pub fn control_id(job_id: &str) -> String {
     }
 }
 
-/// The ORU^R01 message for one job.
-pub fn oru_r01(ctx: &ReportContext) -> String {
-    let time = hl7_dtm(ctx.issued);
+/// MSH, then PID, ORC and OBR for `order`, with `result_status` in OBR-25 (`F` final,
+/// `X` the order could not be done).
+fn order_segments(
+    job_id: &str,
+    order: &OrderIdentity,
+    time: &str,
+    result_status: &str,
+) -> Vec<String> {
     let mut segments = vec![segment(&[
         "MSH",
         "^~\\&",
@@ -71,10 +76,10 @@ pub fn oru_r01(ctx: &ReportContext) -> String {
         "",
         "",
         "",
-        &time,
+        time,
         "",
         "ORU^R01^ORU_R01",
-        &control_id(&ctx.job_id),
+        &control_id(job_id),
         "P",
         "2.5.1",
         "",
@@ -84,7 +89,7 @@ pub fn oru_r01(ctx: &ReportContext) -> String {
         "",
         "UNICODE UTF-8",
     ])];
-    if let Some((id, name)) = ctx.patient() {
+    if let Some((id, name)) = order.patient() {
         let name = match name {
             Some((family, "")) => escape(family),
             Some((family, given)) => format!("{}^{}", escape(family), escape(given)),
@@ -92,10 +97,10 @@ pub fn oru_r01(ctx: &ReportContext) -> String {
         };
         segments.push(segment(&["PID", "1", "", &escape(id), "", &name]));
     }
-    let placer = ctx.placer_order().map(escape).unwrap_or_default();
-    let filler = match ctx.filler_order() {
+    let placer = order.placer_order().map(escape).unwrap_or_default();
+    let filler = match order.filler_order() {
         Some(filler) => escape(filler),
-        None => format!("{}^{SENDING_APPLICATION}", escape(&ctx.job_id)),
+        None => format!("{}^{SENDING_APPLICATION}", escape(job_id)),
     };
     segments.push(segment(&["ORC", "RE", &placer, &filler]));
     segments.push(segment(&[
@@ -106,7 +111,7 @@ pub fn oru_r01(ctx: &ReportContext) -> String {
         &cwe(codes::REPORT, "LN"),
         "",
         "",
-        &time, // OBR-7 observation date/time
+        time, // OBR-7 observation date/time
         "",
         "",
         "",
@@ -121,11 +126,33 @@ pub fn oru_r01(ctx: &ReportContext) -> String {
         "",
         "",
         "",
-        &time, // OBR-22 results report/status change
+        time, // OBR-22 results report/status change
         "",
         codes::CATEGORY_SP.code, // OBR-24 diagnostic service section
-        "F",                     // OBR-25 result status
+        result_status,           // OBR-25 result status
     ]));
+    segments
+}
+
+/// The ORU^R01 for a job that could not be graded: result status `X` ("results cannot be
+/// obtained for this observation") and the reason in an NTE.
+pub fn oru_r01_failed(
+    job_id: &str,
+    order: &OrderIdentity,
+    issued: std::time::SystemTime,
+    reason: &str,
+) -> String {
+    let mut segments = order_segments(job_id, order, &hl7_dtm(issued), "X");
+    segments.push(segment(&["NTE", "1", "L", &escape(reason)]));
+    let mut message = segments.join("\r");
+    message.push('\r');
+    message
+}
+
+/// The ORU^R01 message for one job.
+pub fn oru_r01(ctx: &ReportContext) -> String {
+    let time = hl7_dtm(ctx.issued);
+    let mut segments = order_segments(&ctx.job_id, &ctx.order, &time, "F");
 
     let mut obx = Vec::new();
     let nm = |n: f64| format!("{n}");

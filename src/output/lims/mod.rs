@@ -36,6 +36,40 @@ pub struct OrderIdentity {
     pub filler_order_number: Option<String>,
 }
 
+impl OrderIdentity {
+    /// The accession number, unless blank.
+    pub fn accession(&self) -> Option<&str> {
+        non_blank(&self.accession_number)
+    }
+
+    /// The specimen id, unless blank.
+    pub fn specimen(&self) -> Option<&str> {
+        non_blank(&self.specimen_id)
+    }
+
+    /// The patient's identifier and, if given, `(family, given)` name. None without an
+    /// identifier: a name alone identifies no one.
+    pub fn patient(&self) -> Option<(&str, Option<(&str, &str)>)> {
+        let id = non_blank(&self.patient_id)?;
+        let name = non_blank(&self.patient_name).map(|name| match name.split_once(',') {
+            Some((family, given)) => (family.trim(), given.trim()),
+            None => (name.trim(), ""),
+        });
+        Some((id, name))
+    }
+
+    /// The placer order number: as sent, else the accession number (the LIS's case number
+    /// is its order number when it sends no other).
+    pub fn placer_order(&self) -> Option<&str> {
+        non_blank(&self.placer_order_number).or_else(|| self.accession())
+    }
+
+    /// The filler order number as sent, if any; otherwise the job id names the order.
+    pub fn filler_order(&self) -> Option<&str> {
+        non_blank(&self.filler_order_number)
+    }
+}
+
 /// Everything a result message says about one job.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReportContext {
@@ -101,34 +135,27 @@ impl ReportContext {
 
     /// The accession number, unless blank.
     pub fn accession(&self) -> Option<&str> {
-        non_blank(&self.order.accession_number)
+        self.order.accession()
     }
 
     /// The specimen id, unless blank.
     pub fn specimen(&self) -> Option<&str> {
-        non_blank(&self.order.specimen_id)
+        self.order.specimen()
     }
 
-    /// The patient's identifier and, if given, `(family, given)` name. None without an
-    /// identifier: a name alone identifies no one.
+    /// See [`OrderIdentity::patient`].
     pub fn patient(&self) -> Option<(&str, Option<(&str, &str)>)> {
-        let id = non_blank(&self.order.patient_id)?;
-        let name = non_blank(&self.order.patient_name).map(|name| match name.split_once(',') {
-            Some((family, given)) => (family.trim(), given.trim()),
-            None => (name.trim(), ""),
-        });
-        Some((id, name))
+        self.order.patient()
     }
 
-    /// The placer order number: as sent, else the accession number (the LIS's case number
-    /// is its order number when it sends no other).
+    /// See [`OrderIdentity::placer_order`].
     pub fn placer_order(&self) -> Option<&str> {
-        non_blank(&self.order.placer_order_number).or_else(|| self.accession())
+        self.order.placer_order()
     }
 
-    /// The filler order number as sent, if any; otherwise the job id names the order.
+    /// See [`OrderIdentity::filler_order`].
     pub fn filler_order(&self) -> Option<&str> {
-        non_blank(&self.order.filler_order_number)
+        self.order.filler_order()
     }
 
     /// Tumour percentage as reported: one decimal place.

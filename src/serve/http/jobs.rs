@@ -12,7 +12,7 @@ use super::error::{ApiError, ErrorBody, KeyedErrors};
 use super::state::AppState;
 
 use crate::serve::jobs::remove_job_files;
-use crate::serve::jobs::store::{Delivery, Job, KeyRole};
+use crate::serve::jobs::store::{Delivery, Job, KeyRole, Outbox};
 
 /// The job `id`, or 404.
 pub fn load_job(state: &AppState, id: &str) -> Result<Job, ApiError> {
@@ -46,6 +46,9 @@ pub struct JobView {
     pub links: JobLinks,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub webhook: Option<Delivery>,
+    /// The ORU^R01 sent over MLLP (`--mllp-results`), with every attempt counted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hl7_result: Option<Delivery>,
 }
 
 /// `GET /v1/jobs`.
@@ -78,6 +81,7 @@ pub fn job_view(job: Job) -> JobView {
         },
         job,
         webhook: None,
+        hl7_result: None,
     }
 }
 
@@ -105,7 +109,8 @@ pub(super) async fn get_job(
 ) -> Result<Json<JobView>, ApiError> {
     authorize(&state, &headers, KeyRole::Read, "read jobs")?;
     let mut view = job_view(load_job(&state, &id)?);
-    view.webhook = state.jobs.store.delivery(&id)?;
+    view.webhook = state.jobs.store.delivery(Outbox::Webhook, &id)?;
+    view.hl7_result = state.jobs.store.delivery(Outbox::Hl7Results, &id)?;
     Ok(Json(view))
 }
 

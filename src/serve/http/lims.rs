@@ -1,7 +1,6 @@
 //! A finished job as a LIS message: FHIR R4 Bundle or HL7 v2 ORU^R01.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
@@ -24,28 +23,7 @@ async fn report_context(
     let summary: GradeReport = serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::Internal(format!("unreadable result.json: {e}")))?;
     let overlay = tokio::fs::read(job.out_dir.join("overlay.png")).await.ok();
-    let issued =
-        std::time::UNIX_EPOCH + Duration::from_secs(job.finished_at.unwrap_or(job.created_at));
-    Ok(crate::output::lims::ReportContext {
-        job_id: job.id,
-        order: crate::output::lims::OrderIdentity {
-            accession_number: job.request.accession_number,
-            specimen_id: job.request.specimen_id,
-            patient_id: job.request.patient_id,
-            patient_name: job.request.patient_name,
-            placer_order_number: job.request.placer_order_number,
-            filler_order_number: job.request.filler_order_number,
-        },
-        slide_name: summary.slide.file_name,
-        issued,
-        outcome: summary.outcome,
-        grade: summary.grade,
-        confidence: summary.confidence,
-        model_name: summary.model.name,
-        model_version: summary.model.version,
-        model_sha256: summary.model.onnx_sha256,
-        overlay_png: overlay,
-    })
+    Ok(crate::serve::jobs::report_context(&job, &summary, overlay))
 }
 
 #[utoipa::path(get, path = "/v1/jobs/{id}/fhir", tag = "results", description = "FHIR R4 Bundle (collection): DiagnosticReport, Observations for Gleason score, ISUP grade group and tumour %, the overlay as presentedForm, the model as a Device. Role: read.", params(("id" = String, Path, description = "job id")), responses((status = 200, description = "FHIR Bundle", body = Object, content_type = "application/fhir+json"), JobErrors, KeyedErrors))]

@@ -6,6 +6,7 @@
 //! finished job with a callback URL gets a signed webhook. The queue is bounded by
 //! `queue_capacity` queued jobs: beyond it the API sheds load with 503.
 
+pub mod outbox;
 pub mod store;
 pub mod webhook;
 
@@ -21,6 +22,7 @@ use crate::grade::pipeline::{GradeError, GradeOptions};
 use crate::grader::{Grader, GraderError};
 use crate::model::engine::EnginePool;
 
+use crate::output::lims::ReportContext;
 use store::{Job, JobState, Store};
 
 /// The models a server grades with, by name.
@@ -73,6 +75,9 @@ pub struct JobSettings {
     /// How long a claimed job stays this replica's without a heartbeat; renewed every
     /// third of it. A dead replica's jobs go back in the queue after this.
     pub lease: Duration,
+    /// `host:port` of an MLLP receiver that gets every finished job's ORU^R01
+    /// (`--mllp-results`), retried as webhooks are.
+    pub hl7_results: Option<String>,
 }
 
 /// Starts a job may have. A job whose lease ran out was interrupted by a crash; after this
@@ -224,7 +229,7 @@ impl Jobs {
                     &self.replica,
                     JobState::Failed,
                     Some(("internal error", "internal")),
-                    None,
+                    &[],
                 );
             }
         }
@@ -292,17 +297,24 @@ impl Jobs {
             Err(e) => (JobState::Failed, Some((e.to_string(), e.kind()))),
         };
         let error_ref = error.as_ref().map(|(m, k)| (m.as_str(), *k));
-        let callback = job
-            .request
-            .callback_url
-            .as_deref()
-            .map(|url| store::Callback {
+        let mut callbacks = Vec::new();
+        if let Some(url) = job.request.callback_url.as_deref() {
+            callbacks.push(store::Callback {
+                outbox: store::Outbox::Webhook,
                 url,
                 payload: &webhook::payload,
             });
+        }
+        if let Some(receiver) = self.settings.hl7_results.as_deref() {
+            callbacks.push(store::Callback {
+                outbox: store::Outbox::Hl7Results,
+                url: receiver,
+                payload: &hl7_result,
+            });
+        }
         match self
             .store
-            .finish(&job.id, &self.replica, state, error_ref, callback)
+            .finish(&job.id, &self.replica, state, error_ref, &callbacks)
         {
             Ok(true) => {}
             Ok(false) => {
@@ -359,6 +371,55 @@ impl Jobs {
             self.store.delete(&job.id)?;
         }
         Ok(old.len())
+    }
+}
+
+/// The LIMS message context of a graded job: its record, its `result.json` and overlay.
+pub fn report_context(
+    job: &Job,
+    report: &crate::output::report::GradeReport,
+    overlay_png: Option<Vec<u8>>,
+) -> ReportContext {
+    ReportContext::from_report(
+        job.id.clone(),
+        job.request.order_identity(),
+        finished_at(job),
+        report,
+        overlay_png,
+    )
+}
+
+fn finished_at(job: &Job) -> std::time::SystemTime {
+    std::time::UNIX_EPOCH + Duration::from_secs(job.finished_at.unwrap_or(job.created_at))
+}
+
+/// The ORU^R01 sent over MLLP for a finished job: the graded result, or result status X
+/// with the reason when it failed or was cancelled.
+fn hl7_result(job: &Job) -> String {
+    let graded = (job.state == JobState::Done)
+        .then(|| std::fs::read(job.out_dir.join("result.json")).ok())
+        .flatten()
+        .and_then(|bytes| {
+            serde_json::from_slice::<crate::output::report::GradeReport>(&bytes).ok()
+        });
+    match graded {
+        Some(report) => {
+            let overlay = std::fs::read(job.out_dir.join("overlay.png")).ok();
+            crate::output::lims::hl7::oru_r01(&report_context(job, &report, overlay))
+        }
+        None => {
+            let reason = match (&job.error_type, &job.error) {
+                (Some(kind), Some(message)) => format!("{kind}: {message}"),
+                _ if job.state == JobState::Cancelled => "cancelled".to_string(),
+                _ => "no result could be produced".to_string(),
+            };
+            crate::output::lims::hl7::oru_r01_failed(
+                &job.id,
+                &job.request.order_identity(),
+                finished_at(job),
+                &reason,
+            )
+        }
     }
 }
 

@@ -3,11 +3,8 @@
 //! `X-Slidegrade-Signature: sha256=<hex>`. Receivers recompute it with the shared secret.
 //! Failed deliveries are retried with exponential backoff; every attempt is stored.
 //!
-//! Each attempt is claimed under a lease in the store first, so among replicas sharing
-//! one store exactly one sends it. The lease outlasts the attempt's timeout; only a
-//! replica that dies after the receiver answered and before the attempt was recorded
-//! makes the delivery go out again (at-least-once, as every webhook sender: receivers
-//! should de-duplicate on `job_id`).
+//! Attempts are made by [`super::outbox::deliver_loop`]: leased, so one replica sends
+//! each, and retried with backoff.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +13,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use tokio::sync::watch;
 
-use super::store::{Job, Store, now};
+use super::store::{Delivery, Job, Outbox, Store};
 
 pub const SIGNATURE_HEADER: &str = "x-slidegrade-signature";
 pub const EVENT_HEADER: &str = "x-slidegrade-event";
@@ -83,15 +80,43 @@ pub fn backoff(base: Duration, attempt: u32) -> Duration {
     base.saturating_mul(factor).min(Duration::from_secs(3600))
 }
 
+/// Sends one webhook: POST of the stored event body, signed. The outcome is the HTTP
+/// status, and an error unless it is a 2xx.
+pub async fn send(
+    client: &reqwest::Client,
+    secret: Option<&str>,
+    delivery: &Delivery,
+) -> super::outbox::Attempt {
+    let mut request = client
+        .post(&delivery.url)
+        .header("content-type", "application/json")
+        .header(EVENT_HEADER, "job.finished");
+    if let Some(secret) = secret {
+        request = request.header(SIGNATURE_HEADER, sign(secret, delivery.payload.as_bytes()));
+    }
+    match request.body(delivery.payload.clone()).send().await {
+        Ok(r) if r.status().is_success() => super::outbox::Attempt {
+            status: Some(r.status().as_u16()),
+            error: None,
+        },
+        Ok(r) => super::outbox::Attempt {
+            status: Some(r.status().as_u16()),
+            error: Some(format!("HTTP {}", r.status())),
+        },
+        Err(e) => super::outbox::Attempt {
+            status: None,
+            error: Some(e.to_string()),
+        },
+    }
+}
+
 /// Delivers due webhooks, as replica `owner`, until `shutdown` turns true.
 pub async fn deliver_loop(
     store: Arc<Store>,
     owner: String,
     settings: WebhookSettings,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
-    // Long enough for the request and for recording it.
-    let lease = settings.timeout + Duration::from_secs(30);
     let client = match reqwest::Client::builder().timeout(settings.timeout).build() {
         Ok(c) => c,
         Err(e) => {
@@ -99,72 +124,19 @@ pub async fn deliver_loop(
             return;
         }
     };
-    loop {
-        if *shutdown.borrow() {
-            return;
-        }
-        loop {
-            let delivery = match store.claim_delivery(&owner, lease) {
-                Ok(Some(delivery)) => delivery,
-                Ok(None) => break,
-                Err(e) => {
-                    tracing::error!(%e, "cannot claim a webhook delivery");
-                    break;
-                }
-            };
-            let mut request = client
-                .post(&delivery.url)
-                .header("content-type", "application/json")
-                .header(EVENT_HEADER, "job.finished");
-            if let Some(secret) = &settings.secret {
-                request =
-                    request.header(SIGNATURE_HEADER, sign(secret, delivery.payload.as_bytes()));
-            }
-            let result = request.body(delivery.payload.clone()).send().await;
-            let attempt = delivery.attempts + 1;
-            let (status, error) = match &result {
-                Ok(r) if r.status().is_success() => (Some(r.status().as_u16()), None),
-                Ok(r) => (
-                    Some(r.status().as_u16()),
-                    Some(format!("HTTP {}", r.status())),
-                ),
-                Err(e) => (None, Some(e.to_string())),
-            };
-            let outcome = match (&error, attempt >= settings.max_attempts) {
-                (None, _) => "delivered",
-                (Some(_), true) => "failed",
-                (Some(_), false) => "pending",
-            };
-            let next = now() + backoff(settings.retry_base, attempt).as_secs().max(1);
-            match store.record_attempt(
-                &delivery.job_id,
-                &owner,
-                outcome,
-                next,
-                status,
-                error.as_deref(),
-            ) {
-                Ok(true) => {}
-                Ok(false) => {
-                    tracing::warn!(job = %delivery.job_id, "webhook lease ran out before the attempt was recorded")
-                }
-                Err(e) => tracing::error!(%e, "cannot record a webhook attempt"),
-            }
-            crate::telemetry::global()
-                .webhook_deliveries
-                .with_label_values(&[if error.is_none() {
-                    "delivered"
-                } else {
-                    "error"
-                }])
-                .inc();
-            tracing::info!(job = %delivery.job_id, attempt, outcome, status = status.unwrap_or(0), "webhook attempt");
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(500)) => {},
-            _ = shutdown.changed() => {},
-        }
-    }
+    let secret = settings.secret.clone();
+    super::outbox::deliver_loop(
+        store,
+        owner,
+        Outbox::Webhook,
+        settings,
+        shutdown,
+        |delivery| {
+            let (client, secret) = (client.clone(), secret.clone());
+            async move { send(&client, secret.as_deref(), &delivery).await }
+        },
+    )
+    .await;
 }
 
 #[cfg(test)]

@@ -121,7 +121,30 @@ CREATE TABLE api_keys (
         sqlite: PATIENT_AND_ORDER,
         postgres: PATIENT_AND_ORDER,
     },
+    // Results sent over MLLP (`--mllp-results`): an outbox like `webhooks`, one row per
+    // job; `last_status` stays empty (there is no HTTP status), the ACK code goes in
+    // `last_error` when it is not AA.
+    Migration {
+        version: 4,
+        sqlite: HL7_RESULTS,
+        postgres: HL7_RESULTS,
+    },
 ];
+
+const HL7_RESULTS: &str = "
+CREATE TABLE hl7_results (
+    job_id TEXT PRIMARY KEY,
+    url TEXT NOT NULL,
+    state TEXT NOT NULL,
+    attempts BIGINT NOT NULL DEFAULT 0,
+    next_attempt_at BIGINT NOT NULL,
+    last_status BIGINT,
+    last_error TEXT,
+    payload TEXT NOT NULL,
+    lease_owner TEXT,
+    lease_until_ms BIGINT
+);
+CREATE INDEX hl7_results_due ON hl7_results(state, next_attempt_at);";
 
 const PATIENT_AND_ORDER: &str = "
 ALTER TABLE jobs ADD COLUMN patient_id TEXT;

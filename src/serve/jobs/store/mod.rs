@@ -99,6 +99,20 @@ pub struct JobRequest {
     pub callback_url: Option<String>,
 }
 
+impl JobRequest {
+    /// The patient and order identity, as the result messages echo it.
+    pub fn order_identity(&self) -> crate::output::lims::OrderIdentity {
+        crate::output::lims::OrderIdentity {
+            accession_number: self.accession_number.clone(),
+            specimen_id: self.specimen_id.clone(),
+            patient_id: self.patient_id.clone(),
+            patient_name: self.patient_name.clone(),
+            placer_order_number: self.placer_order_number.clone(),
+            filler_order_number: self.filler_order_number.clone(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Job {
     pub id: String,
@@ -328,8 +342,38 @@ pub struct Recovered {
     pub failed: u64,
 }
 
-/// A finished job's webhook, queued in the same transaction that records the outcome.
+/// Where finished jobs' messages wait to be delivered, each attempt leased and recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outbox {
+    /// Signed JSON events POSTed to `callback_url`.
+    Webhook,
+    /// ORU^R01 messages sent over MLLP to `--mllp-results`.
+    Hl7Results,
+}
+
+impl Outbox {
+    fn table(self) -> &'static str {
+        match self {
+            Outbox::Webhook => "webhooks",
+            Outbox::Hl7Results => "hl7_results",
+        }
+    }
+}
+
+/// One delivery attempt as recorded: `state` is `pending` (retry at `next_attempt_at`),
+/// `delivered` or `failed` (gave up); the receiver's status code and the error, if any.
+pub struct AttemptRecord<'a> {
+    pub state: &'a str,
+    pub next_attempt_at: u64,
+    pub status: Option<u16>,
+    pub error: Option<&'a str>,
+}
+
+/// A finished job's message to deliver, queued in the same transaction that records the
+/// outcome.
 pub struct Callback<'a> {
+    pub outbox: Outbox,
+    /// Where to: the callback URL, or the MLLP receiver's `host:port`.
     pub url: &'a str,
     /// The event body, built from the finished job.
     pub payload: &'a dyn Fn(&Job) -> String,
@@ -546,7 +590,7 @@ impl Store {
         owner: &str,
         state: JobState,
         error: Option<(&str, &str)>,
-        callback: Option<Callback<'_>>,
+        callbacks: &[Callback<'_>],
     ) -> Result<bool, StoreError> {
         self.backend.transaction(|db| {
             let n = db.execute(
@@ -565,15 +609,23 @@ impl Store {
             if n == 0 {
                 return Ok(false);
             }
-            if let Some(callback) = callback
-                && let Some(finished) = select_job(db, id)?
-            {
-                db.execute(
-                    "INSERT INTO webhooks (job_id, url, state, attempts, next_attempt_at, payload)
+            if callbacks.is_empty() {
+                return Ok(true);
+            }
+            let Some(finished) = select_job(db, id)? else {
+                return Ok(true);
+            };
+            for callback in callbacks {
+                let sql = format!(
+                    "INSERT INTO {} (job_id, url, state, attempts, next_attempt_at, payload)
                      VALUES (?1, ?2, 'pending', 0, ?3, ?4)
                      ON CONFLICT (job_id) DO UPDATE SET url = excluded.url, state = 'pending',
                          attempts = 0, next_attempt_at = excluded.next_attempt_at,
                          payload = excluded.payload, lease_owner = NULL, lease_until_ms = NULL",
+                    callback.outbox.table()
+                );
+                db.execute(
+                    &sql,
                     &[
                         id.into(),
                         callback.url.into(),
@@ -618,6 +670,7 @@ impl Store {
     pub fn delete(&self, id: &str) -> Result<(), StoreError> {
         self.backend.transaction(|db| {
             db.execute("DELETE FROM webhooks WHERE job_id = ?1", &[id.into()])?;
+            db.execute("DELETE FROM hl7_results WHERE job_id = ?1", &[id.into()])?;
             db.execute("DELETE FROM jobs WHERE id = ?1", &[id.into()])?;
             Ok(())
         })
@@ -649,23 +702,25 @@ impl Store {
         })
     }
 
-    /// Claims the next due webhook delivery for `owner` until `lease` from now, so that
-    /// no other replica sends it meanwhile.
+    /// Claims the next due delivery in `outbox` for `owner` until `lease` from now, so
+    /// that no other replica sends it meanwhile.
     pub fn claim_delivery(
         &self,
+        outbox: Outbox,
         owner: &str,
         lease: Duration,
     ) -> Result<Option<Delivery>, StoreError> {
         self.backend.run(|db| {
             let free = "(lease_until_ms IS NULL OR lease_until_ms < ?4)";
             let sql = format!(
-                "UPDATE webhooks SET lease_owner = ?1, lease_until_ms = ?2
-                 WHERE job_id = (SELECT job_id FROM webhooks
+                "UPDATE {table} SET lease_owner = ?1, lease_until_ms = ?2
+                 WHERE job_id = (SELECT job_id FROM {table}
                                  WHERE state = 'pending' AND next_attempt_at <= ?3 AND {free}
                                  ORDER BY next_attempt_at LIMIT 1{})
                    AND {free}
                  RETURNING {DELIVERY_COLUMNS}",
-                skip_locked(db)
+                skip_locked(db),
+                table = outbox.table(),
             );
             db.query_opt(
                 &sql,
@@ -682,9 +737,12 @@ impl Store {
         })
     }
 
-    pub fn delivery(&self, job_id: &str) -> Result<Option<Delivery>, StoreError> {
+    pub fn delivery(&self, outbox: Outbox, job_id: &str) -> Result<Option<Delivery>, StoreError> {
         self.backend.run(|db| {
-            let sql = format!("SELECT {DELIVERY_COLUMNS} FROM webhooks WHERE job_id = ?1");
+            let sql = format!(
+                "SELECT {DELIVERY_COLUMNS} FROM {} WHERE job_id = ?1",
+                outbox.table()
+            );
             db.query_opt(&sql, &[job_id.into()])?
                 .as_ref()
                 .map(delivery_from_row)
@@ -692,29 +750,31 @@ impl Store {
         })
     }
 
-    /// Records `owner`'s delivery attempt and releases its lease: `state` is `pending`
+    /// Records `owner`'s attempt at a delivery in `outbox` and releases its lease: `state` is `pending`
     /// (retry at `next_attempt_at`), `delivered` or `failed` (gave up). False when the
     /// lease had run out and another replica took the delivery over.
     pub fn record_attempt(
         &self,
+        outbox: Outbox,
         job_id: &str,
         owner: &str,
-        state: &str,
-        next_attempt_at: u64,
-        status: Option<u16>,
-        error: Option<&str>,
+        attempt: &AttemptRecord<'_>,
     ) -> Result<bool, StoreError> {
         let n = self.backend.run(|db| {
-            db.execute(
-                "UPDATE webhooks SET state = ?2, attempts = attempts + 1, next_attempt_at = ?3,
+            let sql = format!(
+                "UPDATE {} SET state = ?2, attempts = attempts + 1, next_attempt_at = ?3,
                      last_status = ?4, last_error = ?5, lease_owner = NULL, lease_until_ms = NULL
                  WHERE job_id = ?1 AND lease_owner = ?6",
+                outbox.table()
+            );
+            db.execute(
+                &sql,
                 &[
                     job_id.into(),
-                    state.into(),
-                    next_attempt_at.into(),
-                    status.map(u32::from).into(),
-                    error.into(),
+                    attempt.state.into(),
+                    attempt.next_attempt_at.into(),
+                    attempt.status.map(u32::from).into(),
+                    attempt.error.into(),
                     owner.into(),
                 ],
             )
