@@ -16,7 +16,39 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::store::{AttemptRecord, Delivery, Outbox, Store, now};
-use super::webhook::{WebhookSettings, backoff};
+
+/// How deliveries are retried (webhooks and HL7 results alike), and the webhooks'
+/// signing secret.
+#[derive(Debug, Clone)]
+pub struct WebhookSettings {
+    /// Shared secret for the HMAC; callbacks are refused at submit time without one.
+    pub secret: Option<String>,
+    /// First retry delay; each retry doubles it, up to an hour.
+    pub retry_base: Duration,
+    /// Attempts before a delivery is marked failed.
+    pub max_attempts: u32,
+    /// Per-attempt timeout.
+    pub timeout: Duration,
+}
+
+impl Default for WebhookSettings {
+    fn default() -> Self {
+        WebhookSettings {
+            secret: None,
+            retry_base: Duration::from_secs(5),
+            max_attempts: 8,
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Delay before retry number `attempt` (1-based): base · 2^(attempt−1), capped at an hour.
+pub fn backoff(base: Duration, attempt: u32) -> Duration {
+    let factor = 1u32
+        .checked_shl(attempt.saturating_sub(1))
+        .unwrap_or(u32::MAX);
+    base.saturating_mul(factor).min(Duration::from_secs(3600))
+}
 
 /// The outcome of one attempt: the receiver's status code, if it answered with one, and
 /// the error unless it accepted the message.

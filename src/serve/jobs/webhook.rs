@@ -7,39 +7,16 @@
 //! each, and retried with backoff.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use tokio::sync::watch;
 
+pub use super::outbox::{WebhookSettings, backoff};
 use super::store::{Delivery, Job, Outbox, Store};
 
 pub const SIGNATURE_HEADER: &str = "x-slidegrade-signature";
 pub const EVENT_HEADER: &str = "x-slidegrade-event";
-
-#[derive(Debug, Clone)]
-pub struct WebhookSettings {
-    /// Shared secret for the HMAC; callbacks are refused at submit time without one.
-    pub secret: Option<String>,
-    /// First retry delay; each retry doubles it, up to an hour.
-    pub retry_base: Duration,
-    /// Attempts before a delivery is marked failed.
-    pub max_attempts: u32,
-    /// Per-attempt timeout.
-    pub timeout: Duration,
-}
-
-impl Default for WebhookSettings {
-    fn default() -> Self {
-        WebhookSettings {
-            secret: None,
-            retry_base: Duration::from_secs(5),
-            max_attempts: 8,
-            timeout: Duration::from_secs(10),
-        }
-    }
-}
 
 /// The event body for a finished job. Holds no slide contents or patient identifiers
 /// beyond what the client sent (accession and specimen id are the LIS's own keys).
@@ -70,14 +47,6 @@ pub fn sign(secret: &str, body: &[u8]) -> String {
         Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
     mac.update(body);
     format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
-}
-
-/// Delay before retry number `attempt` (1-based): base · 2^(attempt−1), capped at an hour.
-pub fn backoff(base: Duration, attempt: u32) -> Duration {
-    let factor = 1u32
-        .checked_shl(attempt.saturating_sub(1))
-        .unwrap_or(u32::MAX);
-    base.saturating_mul(factor).min(Duration::from_secs(3600))
 }
 
 /// Sends one webhook: POST of the stored event body, signed. The outcome is the HTTP
@@ -142,6 +111,7 @@ pub async fn deliver_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn signature_matches_rfc4231_test_case_2() {
