@@ -200,6 +200,16 @@ pub fn parse_order(raw: &str) -> (Header, Result<Order, Refusal>) {
         trigger: text(&message, "MSH.9.2").unwrap_or_default(),
         control_id: text(&message, "MSH.10").unwrap_or_default(),
     };
+    let version = text(&message, "MSH.12.1").unwrap_or_default();
+    if !supported_version(&version) {
+        let refusal = Refusal::reject(
+            "203",
+            format!(
+                "unsupported HL7 version `{version}`: send v2.3 to v2.8 (OML^O21 needs v2.5 or later)"
+            ),
+        );
+        return (header, Err(refusal));
+    }
     let kind = (text(&message, "MSH.9.1"), text(&message, "MSH.9.2"));
     match (kind.0.as_deref(), kind.1.as_deref()) {
         (Some("OML"), Some("O21")) | (Some("ORM"), Some("O01")) => {}
@@ -246,6 +256,16 @@ pub fn parse_order(raw: &str) -> (Header, Result<Order, Refusal>) {
         ..JobRequest::default()
     };
     (header, Ok(Order { slide, request }))
+}
+
+/// HL7 v2.3 (ORM^O01 from older LIS) through v2.8: the fields read here have not moved
+/// between those versions.
+fn supported_version(version: &str) -> bool {
+    let mut parts = version.split('.').map(|p| p.parse::<u32>().ok());
+    match (parts.next().flatten(), parts.next().flatten()) {
+        (Some(2), Some(minor)) => (3..=8).contains(&minor),
+        _ => false,
+    }
 }
 
 /// The one slide file named `barcode` (any slide extension) under `roots`, searched
@@ -501,6 +521,25 @@ SPM|1|S26-1-A1\r";
             parse_order(&with_sac).1.unwrap().slide,
             Some(SlideRef::Barcode("BC-77".into()))
         );
+    }
+
+    #[test]
+    fn versions_outside_2_3_to_2_8_are_rejected() {
+        for (version, ok) in [
+            ("2.5.1", true),
+            ("2.3", true),
+            ("2.8", true),
+            ("2.2", false),
+            ("3.0", false),
+            ("", false),
+        ] {
+            let message = OML.replace("|P|2.5.1", &format!("|P|{version}"));
+            let refused = parse_order(&message).1.err().map(|r| r.code);
+            assert_eq!(refused.is_none(), ok, "{version}: {refused:?}");
+            if !ok {
+                assert_eq!(refused, Some("203"));
+            }
+        }
     }
 
     #[test]
