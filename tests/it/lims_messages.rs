@@ -182,8 +182,9 @@ fn parse_hl7(ctx: &ReportContext, dir: &Path) -> Value {
     assert_eq!(msh["version"], "2.5.1");
     // OBR-2/3 and ORC-2/3 echo the order numbers: the placer's as sent (else the
     // accession number), the filler's as sent (else the job id).
-    let placer = ctx.placer_order().unwrap();
+    let placer = ctx.order.placer_order().unwrap();
     let filler = ctx
+        .order
         .filler_order()
         .map_or_else(|| format!("{}^SLIDEGRADE", ctx.job_id), str::to_string);
     let obr = &parsed["obr"];

@@ -49,7 +49,7 @@ pub fn bundle(ctx: &ReportContext) -> Value {
     let specimen_url =
         (ctx.accession().is_some() || ctx.specimen().is_some()).then(|| urn("Specimen"));
 
-    let subject = ctx.patient().map(|(id, name)| {
+    let subject = ctx.order.patient().map(|(id, name)| {
         let mut reference = json!({ "identifier": { "value": id } });
         if let Some((family, given)) = name {
             reference["display"] = json!(if given.is_empty() {
@@ -134,10 +134,10 @@ pub fn bundle(ctx: &ReportContext) -> Value {
     if let Some(accession) = ctx.accession() {
         identifiers.push(accession_identifier(accession));
     }
-    if let Some(placer) = ctx.placer_order() {
+    if let Some(placer) = ctx.order.placer_order() {
         identifiers.push(order_identifier(codes::PLACER_ID_TYPE, placer));
     }
-    if let Some(filler) = ctx.filler_order() {
+    if let Some(filler) = ctx.order.filler_order() {
         identifiers.push(order_identifier(codes::FILLER_ID_TYPE, filler));
     }
     let mut report = json!({

@@ -143,21 +143,6 @@ impl ReportContext {
         self.order.specimen()
     }
 
-    /// See [`OrderIdentity::patient`].
-    pub fn patient(&self) -> Option<(&str, Option<(&str, &str)>)> {
-        self.order.patient()
-    }
-
-    /// See [`OrderIdentity::placer_order`].
-    pub fn placer_order(&self) -> Option<&str> {
-        self.order.placer_order()
-    }
-
-    /// See [`OrderIdentity::filler_order`].
-    pub fn filler_order(&self) -> Option<&str> {
-        self.order.filler_order()
-    }
-
     /// Tumour percentage as reported: one decimal place.
     pub fn tumour_percent(&self) -> Option<f64> {
         self.graded().map(|g| round_to(g.tumour_percent, 1))
