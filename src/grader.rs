@@ -55,6 +55,39 @@ impl<'a> Grader<'a> {
         out_dir: Option<&Path>,
         progress: Progress,
     ) -> Result<GradeReport, GraderError> {
+        let (graded, mut result) = self.grade_and_report(slide, progress)?;
+        if let Some(dir) = out_dir {
+            report::write_outputs(dir, &graded, &mut result)?;
+            observe_write(result.timings_ms.write_ms);
+        }
+        Ok(result)
+    }
+
+    /// Like [`Grader::grade`] into `out_dir`, but writes only what the grade's callers need
+    /// at once (`result.json` and `overlay.png`); the heatmaps and tile tables are left in
+    /// the returned [`MapsAndTables`], for the caller to write once the job is done.
+    pub fn grade_deferring_outputs(
+        &self,
+        slide: &Path,
+        out_dir: &Path,
+        progress: Progress,
+    ) -> Result<(GradeReport, MapsAndTables), GraderError> {
+        let (graded, mut result) = self.grade_and_report(slide, progress)?;
+        report::write_result(out_dir, &graded, &mut result, std::time::Instant::now())?;
+        observe_write(result.timings_ms.write_ms);
+        let rest = MapsAndTables {
+            dir: out_dir.to_path_buf(),
+            classes: result.model.classes.clone(),
+            graded,
+        };
+        Ok((result, rest))
+    }
+
+    fn grade_and_report(
+        &self,
+        slide: &Path,
+        progress: Progress,
+    ) -> Result<(pipeline::Graded, GradeReport), GraderError> {
         let graded = pipeline::grade_slide(slide, self.pool, &self.options, progress)?;
         let metrics = crate::telemetry::global();
         let t = &graded.times;
@@ -70,20 +103,43 @@ impl<'a> Grader<'a> {
                 .with_label_values(&[stage])
                 .observe(ms / 1000.0);
         }
-        let mut result = report::build_report(
+        let result = report::build_report(
             &graded,
             self.pool.manifest(),
             self.pool.provider().as_str(),
             self.options.min_tissue,
         );
-        if let Some(dir) = out_dir {
-            report::write_outputs(dir, &graded, &mut result)?;
-            metrics
-                .stage_seconds
-                .with_label_values(&["write"])
-                .observe(result.timings_ms.write_ms / 1000.0);
-        }
-        Ok(result)
+        Ok((graded, result))
+    }
+}
+
+fn observe_write(ms: f64) {
+    crate::telemetry::global()
+        .stage_seconds
+        .with_label_values(&["write"])
+        .observe(ms / 1000.0);
+}
+
+/// The outputs of a graded slide that are not needed to know its grade: per-class
+/// heatmaps, AT+ maps, `tiles.csv` and `tiles.geojson`. Holds the graded slide (tile
+/// outputs, maps) until [`MapsAndTables::write`].
+pub struct MapsAndTables {
+    dir: PathBuf,
+    classes: Vec<String>,
+    graded: pipeline::Graded,
+}
+
+impl MapsAndTables {
+    /// Writes them (each file atomically) and returns the time it took, in ms.
+    pub fn write(self) -> Result<f64, ReportError> {
+        let t = std::time::Instant::now();
+        report::write_maps_and_tables(&self.dir, &self.graded, &self.classes)?;
+        let ms = t.elapsed().as_secs_f64() * 1000.0;
+        crate::telemetry::global()
+            .stage_seconds
+            .with_label_values(&["write_maps_and_tables"])
+            .observe(ms / 1000.0);
+        Ok(ms)
     }
 }
 
@@ -99,8 +155,14 @@ pub struct GradingArgs {
     /// Each tile counts as the most probable class of the mean over its neighbours
     /// within this many tiles; 0 takes each tile's own most probable class. Removes
     /// isolated single-tile calls, which the grading rule would otherwise report.
-    #[arg(long, env = "SLIDEGRADE_SMOOTHING_RADIUS", default_value_t = 1)]
-    pub smoothing_radius: u32,
+    /// Default: the model's recommendation (`grading` in its model.json), else 1.
+    #[arg(long, env = "SLIDEGRADE_SMOOTHING_RADIUS")]
+    pub smoothing_radius: Option<u32>,
+    /// A Gleason pattern covering less than this many mm² (after smoothing) counts as
+    /// benign for the grade; 0 reports any pattern however small. Default: the model's
+    /// recommendation, else 0.
+    #[arg(long, env = "SLIDEGRADE_MIN_PATTERN_MM2")]
+    pub min_pattern_mm2: Option<f64>,
     /// Batches the slide reader may prepare ahead of inference.
     #[arg(long, env = "SLIDEGRADE_READ_AHEAD", default_value_t = 4)]
     pub read_ahead: usize,
@@ -114,11 +176,18 @@ impl GradingArgs {
             "--min-tissue must be between 0 and 1, got {}",
             self.min_tissue
         );
+        if let Some(min) = self.min_pattern_mm2 {
+            anyhow::ensure!(
+                min.is_finite() && min >= 0.0,
+                "--min-pattern-mm2 must be a non-negative number of mm², got {min}"
+            );
+        }
         Ok(GradeOptions {
             batch_size: self.batch_size.max(1),
             read_ahead: self.read_ahead.max(1),
             min_tissue: self.min_tissue,
             smoothing_radius: self.smoothing_radius,
+            min_pattern_mm2: self.min_pattern_mm2,
             ..GradeOptions::default()
         })
     }

@@ -73,6 +73,8 @@ enum Command {
     /// Export a small CNN with random weights as a model folder. For trying the server
     /// and the grader before trained models exist; its predictions mean nothing.
     ExportRandom(slidegrade::build::export::RandomModelArgs),
+    /// Add the AT+ map output (`attention`) to model folders exported before it existed.
+    UpgradeModel(slidegrade::build::export::UpgradeModelArgs),
 }
 
 fn main() -> ExitCode {
@@ -125,5 +127,6 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::SynthSlide(args) => slidegrade::synth::run_slide_cli(&args),
         Command::CheckModel(args) => slidegrade::model::engine::run_check_cli(&args),
         Command::ExportRandom(args) => slidegrade::build::export::run_random_cli(args),
+        Command::UpgradeModel(args) => slidegrade::build::export::run_upgrade_cli(&args),
     }
 }

@@ -96,7 +96,12 @@ pub fn run(args: &EngineBenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn throughput(pool: &EnginePool, batch: &[RgbImage], seconds: f64) -> anyhow::Result<f64> {
+/// Tiles/s over at least `seconds` (and at least one batch).
+pub(crate) fn throughput(
+    pool: &EnginePool,
+    batch: &[RgbImage],
+    seconds: f64,
+) -> anyhow::Result<f64> {
     let budget = Duration::from_secs_f64(seconds);
     let t = Instant::now();
     let mut done = 0usize;

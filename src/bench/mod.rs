@@ -4,6 +4,8 @@
 
 pub mod agreement;
 pub mod common;
+pub mod cores;
+pub mod devices;
 pub mod engine;
 pub mod load;
 pub mod patches;
@@ -25,6 +27,11 @@ pub enum BenchCommand {
     /// level (as grading does) and from level 0 with an area resize; tiles without true
     /// tissue and tissue area found.
     Agreement(agreement::AgreementArgs),
+    /// Tunes the grading rule (smoothing radius, minimum pattern area) on generated cores
+    /// of every Gleason pattern, seeds apart from the ground-truth test's.
+    Cores(cores::CoresArgs),
+    /// CUDA against the CPU: output differences and tiles/s per model, in one process.
+    Devices(devices::DevicesArgs),
     /// Accuracy of the shipped models on labelled patches (e.g. the real Arvaniti TMA
     /// patches) through ONNX Runtime, each patch resized by its stated µm/px.
     Patches(patches::PatchesArgs),
@@ -44,6 +51,8 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Load(args) => load::run(&args),
         BenchCommand::Agreement(args) => agreement::run(&args),
         BenchCommand::Patches(args) => patches::run(&args),
+        BenchCommand::Cores(args) => cores::run(&args),
+        BenchCommand::Devices(args) => devices::run(&args),
         BenchCommand::Store(args) => store::run(&args),
     }
 }

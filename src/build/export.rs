@@ -84,9 +84,11 @@ pub fn manifest_for(net: &Network, info: &ExportInfo, onnx_sha256: String) -> Ma
             logits: names.logits,
             cam: names.cam,
             cam_grid: [grid, grid],
+            attention: Some(names.attention),
         },
         onnx_sha256,
         training: info.training.clone(),
+        grading: None,
     }
 }
 
@@ -174,5 +176,56 @@ pub fn run_random_cli(args: RandomModelArgs) -> anyhow::Result<()> {
         model.dir.display(),
         model.manifest.onnx_sha256
     );
+    Ok(())
+}
+
+/// Adds the AT+ map output to a model folder exported before it existed: rewrites
+/// `model.onnx` (atomically) and `model.json` (the output's name and the new sha256), then
+/// loads the folder back. Returns false when the model already has it.
+pub fn add_attention_output(dir: &Path) -> Result<bool, ExportError> {
+    let model = contract::load(dir)?;
+    if model.manifest.outputs.attention.is_some() {
+        return Ok(false);
+    }
+    let io = |path: &Path| {
+        let path = path.display().to_string();
+        move |source| ExportError::Io { path, source }
+    };
+    let bytes = std::fs::read(&model.onnx_path).map_err(io(&model.onnx_path))?;
+    let name = GraphNames::default().attention;
+    let Some(upgraded) = onnx::with_attention(&bytes, &name)? else {
+        return Ok(false);
+    };
+    let tmp = model.onnx_path.with_extension("onnx.part");
+    std::fs::write(&tmp, &upgraded).map_err(io(&tmp))?;
+    std::fs::rename(&tmp, &model.onnx_path).map_err(io(&model.onnx_path))?;
+    let mut manifest = model.manifest;
+    manifest.outputs.attention = Some(name);
+    manifest.onnx_sha256 = contract::sha256_hex(&upgraded);
+    contract::write_manifest(dir, &manifest).map_err(io(dir))?;
+    contract::load(dir)?;
+    Ok(true)
+}
+
+/// Add the AT+ map output to model folders exported before it existed.
+#[derive(Debug, clap::Args)]
+pub struct UpgradeModelArgs {
+    /// Model folders (each with model.json and model.onnx).
+    #[arg(required = true)]
+    pub dirs: Vec<PathBuf>,
+}
+
+/// Runs `slidegrade upgrade-model`.
+pub fn run_upgrade_cli(args: &UpgradeModelArgs) -> anyhow::Result<()> {
+    for dir in &args.dirs {
+        let changed =
+            add_attention_output(dir).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
+        let what = if changed {
+            "added the attention output"
+        } else {
+            "already has the attention output"
+        };
+        println!("{}: {what}", dir.display());
+    }
     Ok(())
 }

@@ -73,6 +73,8 @@ pub struct Forward {
     pub logits: Vec<f32>,
     /// `[n, classes, cam_h, cam_w]`.
     pub cam: Vec<f32>,
+    /// `[n, classes, cam_h, cam_w]`: the AT+ maps, `Σ_k ReLU(W_ck/(h·w) · A_k)`.
+    pub attention: Vec<f32>,
 }
 
 impl Network {
@@ -207,7 +209,8 @@ impl Network {
     /// Naive reference forward pass over `n` normalised images `[n, 3, S, S]`.
     ///
     /// Grad-CAM for a GAP + linear head has a closed form: ∂y_c/∂A_k(i,j) = W_ck/(h·w), so
-    /// `cam_c = ReLU(Σ_k W_ck/(h·w) · A_k)` over the last feature map A (before ReLU).
+    /// `cam_c = ReLU(Σ_k W_ck/(h·w) · A_k)` over the last feature map A (before ReLU). The
+    /// AT+ map moves the ReLU inside the sum.
     pub fn forward(&self, input: &[f32], n: usize) -> Forward {
         let s = self.input_size;
         assert_eq!(input.len(), n * 3 * s * s, "input is not [n, 3, S, S]");
@@ -215,6 +218,7 @@ impl Network {
         let grid = self.cam_grid();
         let mut logits = Vec::with_capacity(n * classes);
         let mut cam = Vec::with_capacity(n * classes * grid * grid);
+        let mut attention = Vec::with_capacity(n * classes * grid * grid);
         for image in input.chunks_exact(3 * s * s) {
             let (features, side) = self
                 .blocks
@@ -236,14 +240,17 @@ impl Network {
             for c in 0..classes {
                 let w = &self.classifier.weight[c * k..(c + 1) * k];
                 for p in 0..area {
-                    let v: f32 = (0..k)
-                        .map(|ch| w[ch] / area as f32 * features[ch * area + p])
-                        .sum();
-                    cam.push(v.max(0.0));
+                    let terms = (0..k).map(|ch| w[ch] / area as f32 * features[ch * area + p]);
+                    cam.push(terms.clone().sum::<f32>().max(0.0));
+                    attention.push(terms.map(|t| t.max(0.0)).sum());
                 }
             }
         }
-        Forward { logits, cam }
+        Forward {
+            logits,
+            cam,
+            attention,
+        }
     }
 }
 

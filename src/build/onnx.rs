@@ -4,7 +4,13 @@
 //! image [N,3,S,S] ─► (Conv ─► Relu? ─► MaxPool?)* ─► features A [N,K,h,w]
 //!   A ─► GlobalAveragePool ─► Flatten ─► Gemm(W, b, transB=1) ─► logits [N,C]
 //!   A ─► Conv1x1(W/(h·w), no bias) ─► Relu ─► cam [N,C,h,w]        (closed-form Grad-CAM)
+//!   A ─► Unsqueeze(1) ─► Mul(W/(h·w) as [1,C,K,1,1]) ─► Relu ─► ReduceSum(2)
+//!     ─► attention [N,C,h,w]                                           (the AT+ map)
 //! ```
+//!
+//! `cam` is standard Grad-CAM: the ReLU comes after the sum over channels. `attention` is
+//! the map AT+ distils (`train::loss::attention_maps`): the ReLU is applied per channel,
+//! before the sum, so channels that argue against a class cannot cancel those for it.
 //!
 //! BatchNorm is folded into each convolution before writing. The batch dimension is
 //! symbolic (`N`); everything else is static, so the contract's checks can read the CAM
@@ -26,6 +32,8 @@ pub const OPSET: i64 = 17;
 const IR_VERSION: i64 = 8;
 /// `TensorProto.DataType.FLOAT`.
 const FLOAT: i32 = 1;
+/// `TensorProto.DataType.INT64`.
+const INT64: i32 = 7;
 
 /// Names of the graph's input and outputs, as the manifest records them.
 #[derive(Debug, Clone)]
@@ -33,6 +41,7 @@ pub struct GraphNames {
     pub input: String,
     pub logits: String,
     pub cam: String,
+    pub attention: String,
 }
 
 impl Default for GraphNames {
@@ -41,6 +50,7 @@ impl Default for GraphNames {
             input: "image".into(),
             logits: "logits".into(),
             cam: "cam".into(),
+            attention: "attention".into(),
         }
     }
 }
@@ -56,6 +66,12 @@ pub enum WriteError {
     },
     #[error("cannot encode the ONNX protobuf: {0}")]
     Encode(String),
+    #[error("cannot decode the ONNX protobuf: {0}")]
+    Decode(String),
+    #[error(
+        "this graph was not written by slidegrade's exporter (no `{0}`), so the attention output cannot be added"
+    )]
+    NotOurGraph(&'static str),
 }
 
 impl WriteError {
@@ -64,6 +80,8 @@ impl WriteError {
             WriteError::InvalidNetwork(_) => "invalid_network",
             WriteError::Io { .. } => "export_io",
             WriteError::Encode(_) => "onnx_encode_failed",
+            WriteError::Decode(_) => "invalid_onnx",
+            WriteError::NotOurGraph(_) => "unsupported_graph",
         }
     }
 }
@@ -172,6 +190,7 @@ pub fn to_model(
     graph
         .node
         .push(node("Relu", &["cam_linear"], &names.cam, vec![]));
+    add_attention(&mut graph, &features, classes, k, grid, &names.attention);
 
     let mut model = ModelProto::new();
     model.ir_version = IR_VERSION;
@@ -184,6 +203,101 @@ pub fn to_model(
     }
     model.graph = Some(graph).into();
     Ok(model)
+}
+
+/// Appends the AT+ map head (see the module docs) to `graph`, reading the features `A`
+/// and reusing the Grad-CAM weights `cam.alpha` (`[C, K, 1, 1]`, W/(h·w)).
+fn add_attention(
+    graph: &mut GraphProto,
+    features: &str,
+    classes: i64,
+    k: i64,
+    grid: i64,
+    name: &str,
+) {
+    let Some(alpha) = graph.initializer.iter().find(|t| t.name == "cam.alpha") else {
+        return;
+    };
+    let mut alpha = alpha.clone();
+    alpha.name = "attention.alpha".into();
+    alpha.dims = vec![1, classes, k, 1, 1];
+    graph.initializer.push(alpha);
+    let mut axes = TensorProto::new();
+    axes.name = "attention.axes_channel".into();
+    axes.dims = vec![1];
+    axes.data_type = INT64;
+    axes.int64_data = vec![1];
+    graph.initializer.push(axes.clone());
+    axes.name = "attention.axes_sum".into();
+    axes.int64_data = vec![2];
+    graph.initializer.push(axes);
+    graph.node.push(node(
+        "Unsqueeze",
+        &[features, "attention.axes_channel"],
+        "attention_features",
+        vec![],
+    ));
+    graph.node.push(node(
+        "Mul",
+        &["attention_features", "attention.alpha"],
+        "attention_terms",
+        vec![],
+    ));
+    graph.node.push(node(
+        "Relu",
+        &["attention_terms"],
+        "attention_positive",
+        vec![],
+    ));
+    graph.node.push(node(
+        "ReduceSum",
+        &["attention_positive", "attention.axes_sum"],
+        name,
+        vec![int("keepdims", 0)],
+    ));
+    graph.output.push(value_info(
+        name,
+        &[None, Some(classes), Some(grid), Some(grid)],
+    ));
+}
+
+/// Adds the `attention` output to a model this exporter wrote before it had one (the
+/// graph must hold `cam.alpha` and the `cam_linear` convolution). Returns the new bytes,
+/// or `None` when the graph already has an output of that name.
+pub fn with_attention(onnx: &[u8], name: &str) -> Result<Option<Vec<u8>>, WriteError> {
+    let mut model =
+        ModelProto::parse_from_bytes(onnx).map_err(|e| WriteError::Decode(e.to_string()))?;
+    let graph = model.graph.mut_or_insert_default();
+    if graph.output.iter().any(|o| o.name == name) {
+        return Ok(None);
+    }
+    let features = graph
+        .node
+        .iter()
+        .find(|n| n.output.first().is_some_and(|o| o == "cam_linear"))
+        .and_then(|n| n.input.first().cloned())
+        .ok_or(WriteError::NotOurGraph("cam_linear"))?;
+    let dims = graph
+        .initializer
+        .iter()
+        .find(|t| t.name == "cam.alpha")
+        .map(|t| t.dims.clone())
+        .ok_or(WriteError::NotOurGraph("cam.alpha"))?;
+    let grid = graph
+        .output
+        .iter()
+        .find(|o| o.name != name && o.name.contains("cam"))
+        .and_then(|o| {
+            let dim = o.type_.tensor_type().shape.dim.get(2)?;
+            dim.has_dim_value().then(|| dim.dim_value())
+        })
+        .ok_or(WriteError::NotOurGraph("a cam output of static size"))?;
+    let (classes, k) = (dims[0], dims[1]);
+    add_attention(graph, &features, classes, k, grid, name);
+    model
+        .write_to_bytes()
+        .map(Some)
+        .map_err(|e| WriteError::Encode(e.to_string()))
 }
 
 /// Serialises the model for `net` to bytes.

@@ -1,4 +1,5 @@
-//! Stitches each tile's Grad-CAM grid into one slide-level heatmap per class.
+//! Stitches each tile's Grad-CAM grid into one slide-level heatmap per class. The same
+//! stitching serves the AT+ maps of models that export them.
 //!
 //! Every tile contributes its `h × w` CAM cells at `(col·w + i, row·h + j)`, so the
 //! canvas is `cols·w × rows·h` cells and one cell spans `side / w` level-0 pixels. Raw CAM
@@ -9,7 +10,6 @@
 use serde::Serialize;
 
 use crate::grade::tiling::{TileGrid, TileSpec};
-use crate::model::engine::TileOutput;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Heatmaps {
@@ -37,13 +37,20 @@ impl Heatmaps {
         }
     }
 
-    /// Places one tile's CAM (`[C, h, w]`), weighted by its class probabilities.
-    pub fn add(&mut self, tile: &TileSpec, output: &TileOutput, cam_grid: [u32; 2]) {
+    /// Places one tile's maps (`cells`, `[C, h, w]`: its Grad-CAM or its AT+ maps),
+    /// weighted by the tile's class probabilities.
+    pub fn add(
+        &mut self,
+        tile: &TileSpec,
+        probabilities: &[f32],
+        cells: &[f32],
+        cam_grid: [u32; 2],
+    ) {
         let [h, w] = cam_grid.map(|v| v as usize);
         let per_class = h * w;
         for (c, map) in self.maps.iter_mut().enumerate() {
-            let p = output.probabilities.get(c).copied().unwrap_or(0.0);
-            let Some(cam) = output.cam.get(c * per_class..(c + 1) * per_class) else {
+            let p = probabilities.get(c).copied().unwrap_or(0.0);
+            let Some(cam) = cells.get(c * per_class..(c + 1) * per_class) else {
                 continue;
             };
             for i in 0..h {
@@ -86,6 +93,7 @@ impl Heatmaps {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::engine::TileOutput;
 
     #[test]
     fn tiles_land_in_their_cells_weighted_by_probability() {
@@ -110,8 +118,9 @@ mod tests {
             logits: vec![0.0, 0.0],
             probabilities: vec![0.25, 0.75],
             cam: vec![1.0, 2.0, 3.0, 4.0, 0.0, 0.0, 0.0, 8.0],
+            attention: vec![],
         };
-        maps.add(&tile, &out, [2, 2]);
+        maps.add(&tile, &out.probabilities, &out.cam, [2, 2]);
         assert_eq!(maps.maps[0], vec![0.0, 0.0, 0.25, 0.5, 0.0, 0.0, 0.75, 1.0]);
         assert_eq!(maps.maps[1][7], 6.0);
         assert_eq!(maps.normalised(1)[7], 1.0);

@@ -32,8 +32,14 @@ pub struct GradeOptions {
     /// A tile is graded when at least this share of it is tissue.
     pub min_tissue: f64,
     /// A tile counts as the most probable class of the mean over its neighbours within
-    /// this many tiles (0 = its own argmax); see [`rule::tile_classes`].
-    pub smoothing_radius: u32,
+    /// this many tiles (0 = its own argmax); see [`rule::tile_classes`]. `None`: the
+    /// model's recommendation (`grading` in model.json), else
+    /// [`DEFAULT_SMOOTHING_RADIUS`].
+    pub smoothing_radius: Option<u32>,
+    /// A Gleason pattern whose (smoothed) area is below this, in mm², counts as benign
+    /// for the grade ([`PatternAreas::without_patterns_below`]); 0 reports any pattern.
+    /// `None`: the model's recommendation, else 0.
+    pub min_pattern_mm2: Option<f64>,
     /// µm/px to use when the slide does not state it.
     pub mpp_override: Option<f64>,
     pub tissue: TissueParams,
@@ -53,7 +59,8 @@ impl Default for GradeOptions {
             batch_size: 16,
             read_ahead: 4,
             min_tissue: 0.25,
-            smoothing_radius: 1,
+            smoothing_radius: None,
+            min_pattern_mm2: None,
             mpp_override: None,
             tissue: TissueParams::default(),
             max_thumbnail_side: 2048,
@@ -134,7 +141,13 @@ pub struct Graded {
     pub tile_classes: Vec<usize>,
     /// The smoothing radius used, in tiles.
     pub smoothing_radius: u32,
+    /// The minimum area a Gleason pattern needed to count, mm².
+    pub min_pattern_mm2: f64,
+    /// Grad-CAM per class, stitched (standard Grad-CAM: ReLU after the channel sum).
     pub heatmaps: Heatmaps,
+    /// The AT+ maps per class (ReLU per channel, before the sum: the map the Students
+    /// were distilled on), stitched the same way; `None` when the model has no such output.
+    pub attention: Option<Heatmaps>,
     pub thumbnail: RgbImage,
     /// Level-0 pixels per thumbnail pixel.
     pub thumbnail_downsample: f64,
@@ -200,6 +213,9 @@ fn median_brightness(image: &RgbImage) -> u8 {
     255
 }
 
+/// Smoothing radius for models that recommend none.
+pub const DEFAULT_SMOOTHING_RADIUS: u32 = 1;
+
 /// Below this median brightness a thumbnail is not brightfield: glass under transmitted
 /// light is near white, while fluorescence backgrounds are near black.
 pub const MIN_BRIGHTFIELD_MEDIAN: u8 = 80;
@@ -216,6 +232,15 @@ pub fn grade_slide(
     let mut times = StageTimes::default();
     let manifest = pool.manifest().clone();
     let patterns = class_patterns(&manifest)?;
+    let recommended = manifest.grading.as_ref();
+    let smoothing_radius = options
+        .smoothing_radius
+        .or(recommended.map(|g| g.smoothing_radius))
+        .unwrap_or(DEFAULT_SMOOTHING_RADIUS);
+    let min_pattern_mm2 = options
+        .min_pattern_mm2
+        .or(recommended.map(|g| g.min_pattern_mm2))
+        .unwrap_or(0.0);
 
     let t = Instant::now();
     if let Some(decoder) = &options.decoder {
@@ -254,6 +279,11 @@ pub fn grade_slide(
 
     let cam_grid = manifest.outputs.cam_grid;
     let mut heatmaps = Heatmaps::new(&manifest.classes, &grid, cam_grid);
+    let mut attention = manifest
+        .outputs
+        .attention
+        .is_some()
+        .then(|| Heatmaps::new(&manifest.classes, &grid, cam_grid));
     let mut tiles: Vec<(TileSpec, TileOutput)> = Vec::with_capacity(grid.tiles.len());
     let total = grid.tiles.len();
     progress(0, total);
@@ -302,7 +332,10 @@ pub fn grade_slide(
                 infer += infer_time;
                 let t = Instant::now();
                 for (spec, output) in specs.into_iter().zip(outputs) {
-                    heatmaps.add(&spec, &output, cam_grid);
+                    heatmaps.add(&spec, &output.probabilities, &output.cam, cam_grid);
+                    if let Some(maps) = attention.as_mut() {
+                        maps.add(&spec, &output.probabilities, &output.attention, cam_grid);
+                    }
                     tiles.push((spec, output));
                 }
                 stitch += t.elapsed();
@@ -315,34 +348,14 @@ pub fn grade_slide(
     times.infer_ms = ms(infer);
     times.stitch_ms = ms(stitch);
 
-    // Areas: each tile's tissue goes to its class after neighbourhood smoothing.
-    let specs: Vec<TileSpec> = tiles.iter().map(|(spec, _)| *spec).collect();
-    let probabilities: Vec<&[f32]> = tiles
-        .iter()
-        .map(|(_, output)| output.probabilities.as_slice())
-        .collect();
-    let tile_classes = rule::tile_classes(&specs, &probabilities, options.smoothing_radius);
     let um2_per_px = props.mpp_x * props.mpp_y;
-    let mut class_areas_mm2: BTreeMap<String, f64> =
-        manifest.classes.iter().map(|c| (c.clone(), 0.0)).collect();
-    let mut areas = PatternAreas::default();
-    let mut confidence_sum = 0.0;
-    let mut tissue_area_mm2 = 0.0;
-    for ((spec, output), &best) in tiles.iter().zip(&tile_classes) {
-        let area = spec.tissue_fraction * spec.side * spec.side * um2_per_px / 1e6;
-        let p = output.probabilities.get(best).copied().unwrap_or(0.0);
-        *class_areas_mm2
-            .entry(manifest.classes[best].clone())
-            .or_default() += area;
-        match patterns[best] {
-            3 => areas.g3 += area,
-            4 => areas.g4 += area,
-            5 => areas.g5 += area,
-            _ => areas.benign += area,
-        }
-        confidence_sum += f64::from(p) * area;
-        tissue_area_mm2 += area;
-    }
+    let tally = tally(
+        &tiles,
+        &manifest.classes,
+        &patterns,
+        um2_per_px,
+        smoothing_radius,
+    );
     let outcome = if tiles.is_empty() {
         Outcome::NoTissue
     } else {
@@ -353,19 +366,77 @@ pub fn grade_slide(
     Ok(Graded {
         outcome,
         slide: props,
-        grade: graded.then(|| rule::grade(&areas)),
-        class_areas_mm2,
-        confidence: (graded && tissue_area_mm2 > 0.0).then(|| confidence_sum / tissue_area_mm2),
-        tissue_area_mm2,
+        grade: graded.then(|| rule::grade(&tally.areas.without_patterns_below(min_pattern_mm2))),
+        class_areas_mm2: tally.class_areas_mm2,
+        confidence: graded.then_some(tally.confidence).flatten(),
+        tissue_area_mm2: tally.tissue_area_mm2,
         grid,
         tiles,
-        tile_classes,
-        smoothing_radius: options.smoothing_radius,
+        tile_classes: tally.tile_classes,
+        smoothing_radius,
+        min_pattern_mm2,
         heatmaps,
+        attention,
         thumbnail,
         thumbnail_downsample,
         times,
     })
+}
+
+/// The tiles' calls summed into areas.
+pub struct Tally {
+    /// The class index each tile counts as, after neighbourhood smoothing.
+    pub tile_classes: Vec<usize>,
+    /// Tissue area per class name, mm².
+    pub class_areas_mm2: BTreeMap<String, f64>,
+    /// The same areas by Gleason pattern, before any minimum area is applied.
+    pub areas: PatternAreas,
+    /// Tissue-weighted mean of each tile's probability for the class it counts as.
+    pub confidence: Option<f64>,
+    pub tissue_area_mm2: f64,
+}
+
+/// Each tile's tissue goes to the class it counts as after smoothing over `radius` tiles
+/// ([`rule::tile_classes`]). Separate from [`grade_slide`] so that the grading rule's
+/// settings can be tuned on tiles inferred once (`slidegrade bench cores`).
+pub fn tally(
+    tiles: &[(TileSpec, TileOutput)],
+    classes: &[String],
+    patterns: &[u8],
+    um2_per_px: f64,
+    radius: u32,
+) -> Tally {
+    let specs: Vec<TileSpec> = tiles.iter().map(|(spec, _)| *spec).collect();
+    let probabilities: Vec<&[f32]> = tiles
+        .iter()
+        .map(|(_, output)| output.probabilities.as_slice())
+        .collect();
+    let tile_classes = rule::tile_classes(&specs, &probabilities, radius);
+    let mut class_areas_mm2: BTreeMap<String, f64> =
+        classes.iter().map(|c| (c.clone(), 0.0)).collect();
+    let mut areas = PatternAreas::default();
+    let mut confidence_sum = 0.0;
+    let mut tissue_area_mm2 = 0.0;
+    for ((spec, output), &best) in tiles.iter().zip(&tile_classes) {
+        let area = spec.tissue_fraction * spec.side * spec.side * um2_per_px / 1e6;
+        let p = output.probabilities.get(best).copied().unwrap_or(0.0);
+        *class_areas_mm2.entry(classes[best].clone()).or_default() += area;
+        match patterns[best] {
+            3 => areas.g3 += area,
+            4 => areas.g4 += area,
+            5 => areas.g5 += area,
+            _ => areas.benign += area,
+        }
+        confidence_sum += f64::from(p) * area;
+        tissue_area_mm2 += area;
+    }
+    Tally {
+        tile_classes,
+        class_areas_mm2,
+        areas,
+        confidence: (tissue_area_mm2 > 0.0).then(|| confidence_sum / tissue_area_mm2),
+        tissue_area_mm2,
+    }
 }
 
 /// Runs every batch from the reader through the engine, in order.

@@ -65,6 +65,21 @@ impl PatternAreas {
         self.benign + self.cancer()
     }
 
+    /// These areas with every Gleason pattern smaller than `min_mm2` counted as benign
+    /// tissue (see [`GradeOptions::min_pattern_mm2`](crate::grade::pipeline::GradeOptions)):
+    /// the rule reports any higher pattern however small, so a handful of spurious tiles
+    /// that survive smoothing would otherwise change the score.
+    pub fn without_patterns_below(&self, min_mm2: f64) -> PatternAreas {
+        let keep = |a: f64| if a >= min_mm2 { a } else { 0.0 };
+        let (g3, g4, g5) = (keep(self.g3), keep(self.g4), keep(self.g5));
+        PatternAreas {
+            benign: self.total() - (g3 + g4 + g5),
+            g3,
+            g4,
+            g5,
+        }
+    }
+
     fn by_pattern(&self) -> [(u8, f64); 3] {
         [(3, self.g3), (4, self.g4), (5, self.g5)]
     }
@@ -230,6 +245,18 @@ mod tests {
     fn tumour_percent_counts_cancer_over_all_tissue() {
         let g = grade(&areas(75.0, 20.0, 5.0, 0.0));
         assert!((g.tumour_percent - 25.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn patterns_below_the_minimum_area_count_as_benign() {
+        // Binary fractions, so that the sums are exact.
+        let a = areas(3.0, 0.25, 1.0, 0.5);
+        let kept = a.without_patterns_below(0.5);
+        assert_eq!(kept, areas(3.25, 0.0, 1.0, 0.5));
+        assert_eq!(grade(&kept).gleason, "4+5=9");
+        assert_eq!(grade(&a.without_patterns_below(0.75)).gleason, "4+4=8");
+        assert_eq!(grade(&a.without_patterns_below(2.0)).gleason, "benign");
+        assert_eq!(a.without_patterns_below(0.0), a);
     }
 
     #[test]

@@ -40,6 +40,24 @@ pub struct Manifest {
     /// Hex sha256 of `model.onnx`.
     pub onnx_sha256: String,
     pub training: Training,
+    /// The grading rule's settings recommended for this model, chosen on whole slides
+    /// (`slidegrade bench cores`); the grader's flags override them. Absent: the
+    /// grader's defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grading: Option<GradingDefaults>,
+}
+
+/// Settings of the grading rule tuned for one model: a noisier tile classifier needs
+/// more smoothing and a larger minimum area before a pattern counts.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GradingDefaults {
+    /// Neighbourhood radius, in tiles, of the smoothing of tile probabilities.
+    pub smoothing_radius: u32,
+    /// A Gleason pattern covering less than this, in mm², counts as benign.
+    pub min_pattern_mm2: f64,
+    /// How they were chosen, for people (which slides, what score).
+    pub chosen_on: String,
 }
 
 /// How tiles are turned into the graph's input tensor.
@@ -76,6 +94,11 @@ pub struct OutputSpec {
     pub cam: String,
     /// `[h, w]` of the CAM grid.
     pub cam_grid: [u32; 2],
+    /// `[N, C, h, w]` AT+ maps (`Σ_k ReLU(α_ck A_k)`, the map that AT+ distils), on the
+    /// CAM grid. Optional: models exported before it existed have none
+    /// (`slidegrade upgrade-model` adds it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attention: Option<String>,
 }
 
 /// Where a model came from.
@@ -336,6 +359,14 @@ fn check_graph(model: &ModelProto, manifest: &Manifest) -> Result<(), String> {
         &[None, Some(classes), Some(h), Some(w)],
         "cam",
     )?;
+    if let Some(attention) = &manifest.outputs.attention {
+        expect_shape(
+            find_output(attention)?,
+            attention,
+            &[None, Some(classes), Some(h), Some(w)],
+            "attention",
+        )?;
+    }
     Ok(())
 }
 
@@ -367,8 +398,8 @@ fn expect_shape(
         {
             let f = f.map_or("dynamic".to_string(), |v| v.to_string());
             let meaning = match (what, axis) {
-                ("logits", 1) | ("cam", 1) => " (class count)",
-                ("cam", 2) | ("cam", 3) => " (CAM grid)",
+                ("logits", 1) | ("cam" | "attention", 1) => " (class count)",
+                ("cam" | "attention", 2 | 3) => " (CAM grid)",
                 ("input", 2) | ("input", 3) => " (tile size)",
                 _ => "",
             };
@@ -407,9 +438,11 @@ mod tests {
                 logits: "logits".into(),
                 cam: "cam".into(),
                 cam_grid: [4, 4],
+                attention: None,
             },
             onnx_sha256: "00".into(),
             training: Training::default(),
+            grading: None,
         };
         let mut value_json: serde_json::Value = serde_json::to_value(&manifest).unwrap();
         value_json["input"][field] = serde_json::from_str(value).unwrap();

@@ -161,6 +161,8 @@ pub struct TileOutput {
     pub probabilities: Vec<f32>,
     /// `[C, h, w]` Grad-CAM maps, row-major, same class order.
     pub cam: Vec<f32>,
+    /// `[C, h, w]` AT+ maps, the same layout; empty when the model has no such output.
+    pub attention: Vec<f32>,
 }
 
 /// A synchronous inference backend.
@@ -355,14 +357,22 @@ impl Engine for OrtEngine {
         };
         let logits = extract(&m.outputs.logits, &[n, classes])?;
         let cam = extract(&m.outputs.cam, &[n, classes, h, w])?;
+        let attention = match &m.outputs.attention {
+            Some(name) => Some(extract(name, &[n, classes, h, w])?),
+            None => None,
+        };
         let per_cam = classes * h * w;
         Ok(logits
             .chunks_exact(classes)
             .zip(cam.chunks_exact(per_cam))
-            .map(|(l, c)| TileOutput {
+            .enumerate()
+            .map(|(i, (l, c))| TileOutput {
                 logits: l.to_vec(),
                 probabilities: softmax(l),
                 cam: c.to_vec(),
+                attention: attention
+                    .as_ref()
+                    .map_or_else(Vec::new, |a| a[i * per_cam..(i + 1) * per_cam].to_vec()),
             })
             .collect())
     }

@@ -126,12 +126,14 @@ mod tests {
                 logits: "logits".into(),
                 cam: "cam".into(),
                 cam_grid: [4, 4],
+                attention: None,
             },
             onnx_sha256: String::new(),
             training: contract::Training {
                 synthetic_data: synthetic,
                 ..contract::Training::default()
             },
+            grading: None,
         }
     }
 

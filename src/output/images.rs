@@ -171,9 +171,14 @@ pub fn heatmap_file_stems(classes: &[String]) -> Vec<String> {
         .collect()
 }
 
-/// Writes `heatmap_<class>.png` into `dir` (created if missing) for every class, in
-/// class order, and returns the paths; names as [`heatmap_file_stems`].
-pub fn write_heatmaps(dir: &Path, heatmaps: &Heatmaps) -> Result<Vec<PathBuf>, RenderError> {
+/// Writes `<prefix>_<class>.png` (`heatmap_…` for Grad-CAM, `attention_…` for the AT+
+/// maps) into `dir` (created if missing) for every class, in class order, and returns the
+/// paths; names as [`heatmap_file_stems`].
+pub fn write_heatmaps(
+    dir: &Path,
+    heatmaps: &Heatmaps,
+    prefix: &str,
+) -> Result<Vec<PathBuf>, RenderError> {
     if heatmaps.width == 0 || heatmaps.height == 0 {
         return Err(RenderError::BadInput("the heatmap canvas is empty".into()));
     }
@@ -187,7 +192,7 @@ pub fn write_heatmaps(dir: &Path, heatmaps: &Heatmaps) -> Result<Vec<PathBuf>, R
     std::fs::create_dir_all(dir).map_err(io_error(dir))?;
     let mut paths = Vec::with_capacity(heatmaps.classes.len());
     for (c, stem) in heatmap_file_stems(&heatmaps.classes).iter().enumerate() {
-        let path = dir.join(format!("heatmap_{stem}.png"));
+        let path = dir.join(format!("{prefix}_{stem}.png"));
         let heatmap = heatmap_image(heatmaps, c);
         save_png(
             heatmap.as_raw(),
@@ -467,8 +472,9 @@ mod tests {
             logits: vec![0.0, 1.0],
             probabilities: vec![0.2, 0.8],
             cam: vec![0.5, 0.5, 0.5, 0.5, 1.0, 0.0, 0.0, 0.0],
+            attention: vec![],
         };
-        maps.add(&tile(0, 0, 100.0), &out, [2, 2]);
+        maps.add(&tile(0, 0, 100.0), &out.probabilities, &out.cam, [2, 2]);
         maps
     }
 
@@ -504,7 +510,7 @@ mod tests {
         };
         let names = classes(&["G4", "../x y", "g4", ""]);
         let maps = Heatmaps::new(&names, &grid, [2, 3]);
-        let paths = write_heatmaps(&dir.path().join("maps"), &maps).unwrap();
+        let paths = write_heatmaps(&dir.path().join("maps"), &maps, "heatmap").unwrap();
         let files: Vec<String> = paths
             .iter()
             .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())

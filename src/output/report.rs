@@ -3,6 +3,7 @@
 //! - `result.json`: the versioned result ([`GradeReport`], schema [`RESULT_SCHEMA`]);
 //! - `heatmap_<class>.png`: one colour-mapped Grad-CAM map per class, one pixel per cell
 //!   (where it lies on the slide: [`HeatmapGeometry`], `heatmap` in `result.json`);
+//! - `attention_<class>.png`: the same for the AT+ maps, when the model exports them;
 //! - `overlay.png`: the primary class's map over the thumbnail, with a legend;
 //! - `tiles.csv`: WSInfer's columns `minx,miny,width,height,prob_<class>`;
 //! - `tiles.geojson`: tiles with classification and measurements, for QuPath.
@@ -24,8 +25,9 @@ use crate::output::tables;
 use crate::slide::SlideProperties;
 
 /// Version of `result.json`. Bump the major part on any incompatible change, the minor
-/// part when fields are added (1.1: `heatmap`).
-pub const RESULT_SCHEMA: &str = "slidegrade.result/1.2";
+/// part when fields are added (1.1: `heatmap`; 1.3: `heatmap.attention_layers`,
+/// `tiles.min_pattern_mm2`).
+pub const RESULT_SCHEMA: &str = "slidegrade.result/1.3";
 
 #[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct ModelIdentity {
@@ -57,6 +59,9 @@ pub struct TileSummary {
     /// Neighbourhood radius, in tiles, of the smoothing that decides each tile's class
     /// for the areas and the grade (0 = none).
     pub smoothing_radius: u32,
+    /// A Gleason pattern covering less than this, in mm², counted as benign for the
+    /// grade (0 = every pattern counts).
+    pub min_pattern_mm2: f64,
 }
 
 /// Where the `heatmap_<class>.png` images lie on the slide, so that a viewer can lay
@@ -85,6 +90,11 @@ pub struct HeatmapGeometry {
     pub um_per_px: [f64; 2],
     /// One entry per class, in the model's class order.
     pub layers: Vec<HeatmapLayer>,
+    /// The AT+ maps' files (`attention_<stem>.png`, same geometry), when the model
+    /// exports them. Grad-CAM (`layers`) sums the channels' evidence and then clips at 0;
+    /// the AT+ map clips each channel first, the map the Students were distilled on.
+    #[serde(default)]
+    pub attention_layers: Vec<HeatmapLayer>,
 }
 
 /// One class's heatmap file.
@@ -97,8 +107,22 @@ pub struct HeatmapLayer {
 }
 
 impl HeatmapGeometry {
-    pub fn of(heatmaps: &Heatmaps, slide: &SlideProperties) -> HeatmapGeometry {
+    pub fn of(
+        heatmaps: &Heatmaps,
+        attention: Option<&Heatmaps>,
+        slide: &SlideProperties,
+    ) -> HeatmapGeometry {
         let side = heatmaps.cell_side;
+        let layers = |prefix: &str, maps: &Heatmaps| -> Vec<HeatmapLayer> {
+            maps.classes
+                .iter()
+                .zip(images::heatmap_file_stems(&maps.classes))
+                .map(|(class, stem)| HeatmapLayer {
+                    class: class.clone(),
+                    file: format!("{prefix}_{stem}.png"),
+                })
+                .collect()
+        };
         HeatmapGeometry {
             width_px: heatmaps.width,
             height_px: heatmaps.height,
@@ -109,15 +133,8 @@ impl HeatmapGeometry {
                 f64::from(heatmaps.height) * side,
             ],
             um_per_px: [side * slide.mpp_x, side * slide.mpp_y],
-            layers: heatmaps
-                .classes
-                .iter()
-                .zip(images::heatmap_file_stems(&heatmaps.classes))
-                .map(|(class, stem)| HeatmapLayer {
-                    class: class.clone(),
-                    file: format!("heatmap_{stem}.png"),
-                })
-                .collect(),
+            layers: layers("heatmap", heatmaps),
+            attention_layers: attention.map_or_else(Vec::new, |maps| layers("attention", maps)),
         }
     }
 }
@@ -198,8 +215,9 @@ pub fn build_report(
             inferred: graded.tiles.len(),
             min_tissue,
             smoothing_radius: graded.smoothing_radius,
+            min_pattern_mm2: graded.min_pattern_mm2,
         },
-        heatmap: HeatmapGeometry::of(&graded.heatmaps, &graded.slide),
+        heatmap: HeatmapGeometry::of(&graded.heatmaps, graded.attention.as_ref(), &graded.slide),
         timings_ms: graded.times.clone(),
         notice: NOTICE.to_string(),
     }
@@ -245,20 +263,61 @@ fn caption(report: &GradeReport) -> Vec<String> {
     lines
 }
 
-/// Writes every output into `dir` (created if missing) and fills in the write time.
+/// Writes every output into `dir` (created if missing), `result.json` last, its write
+/// time covering all of them.
 pub fn write_outputs(
     dir: &Path,
     graded: &Graded,
     report: &mut GradeReport,
 ) -> Result<(), ReportError> {
-    let t = Instant::now();
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| ReportError::Io { path, source }
-    };
-    std::fs::create_dir_all(dir).map_err(io(dir))?;
-    let classes = &report.model.classes;
-    let (overlay_class, caption) = (overlay_class(report), caption(report));
+    let started = Instant::now();
+    write_maps_and_tables(dir, graded, &report.model.classes)?;
+    write_result(dir, graded, report, started)
+}
+
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> ReportError + use<> {
+    let path = path.to_path_buf();
+    move |source| ReportError::Io { path, source }
+}
+
+/// What a caller needs as soon as the grade is known: `overlay.png` (the LIMS results
+/// carry it) and `result.json`, whose `timings_ms.write_ms` is the time since `started`.
+pub fn write_result(
+    dir: &Path,
+    graded: &Graded,
+    report: &mut GradeReport,
+    started: Instant,
+) -> Result<(), ReportError> {
+    std::fs::create_dir_all(dir).map_err(io_error(dir))?;
+    images::write_overlay(
+        &dir.join("overlay.png"),
+        &graded.thumbnail,
+        graded.thumbnail_downsample,
+        &graded.heatmaps,
+        overlay_class(report),
+        &caption(report),
+    )?;
+    report.timings_ms.write_ms = started.elapsed().as_secs_f64() * 1000.0;
+    report.timings_ms.total_ms += report.timings_ms.write_ms;
+    let path = dir.join("result.json");
+    let tmp = dir.join("result.json.part");
+    let text = serde_json::to_string_pretty(report).map_err(|e| ReportError::Io {
+        path: path.clone(),
+        source: std::io::Error::other(e),
+    })?;
+    std::fs::write(&tmp, text + "\n").map_err(io_error(&tmp))?;
+    std::fs::rename(&tmp, &path).map_err(io_error(&path))?;
+    Ok(())
+}
+
+/// The rest, which a job server writes after the job is done: `heatmap_<class>.png`,
+/// `attention_<class>.png`, `tiles.csv` and `tiles.geojson`.
+pub fn write_maps_and_tables(
+    dir: &Path,
+    graded: &Graded,
+    classes: &[String],
+) -> Result<(), ReportError> {
+    std::fs::create_dir_all(dir).map_err(io_error(dir))?;
     // Images on one thread, tables on another: the two halves take similar time.
     let (images, tables) = std::thread::scope(|scope| {
         let tables = scope.spawn(|| -> Result<(), RenderError> {
@@ -270,15 +329,11 @@ pub fn write_outputs(
                 &graded.tile_classes,
             )
         });
-        let images = images::write_heatmaps(dir, &graded.heatmaps).and_then(|_| {
-            images::write_overlay(
-                &dir.join("overlay.png"),
-                &graded.thumbnail,
-                graded.thumbnail_downsample,
-                &graded.heatmaps,
-                overlay_class,
-                &caption,
-            )
+        let images = images::write_heatmaps(dir, &graded.heatmaps, "heatmap").and_then(|_| {
+            match &graded.attention {
+                Some(maps) => images::write_heatmaps(dir, maps, "attention").map(|_| ()),
+                None => Ok(()),
+            }
         });
         let tables = tables
             .join()
@@ -287,15 +342,5 @@ pub fn write_outputs(
     });
     images?;
     tables?;
-    report.timings_ms.write_ms = t.elapsed().as_secs_f64() * 1000.0;
-    report.timings_ms.total_ms += report.timings_ms.write_ms;
-    let path = dir.join("result.json");
-    let tmp = dir.join("result.json.part");
-    let text = serde_json::to_string_pretty(report).map_err(|e| ReportError::Io {
-        path: path.clone(),
-        source: std::io::Error::other(e),
-    })?;
-    std::fs::write(&tmp, text + "\n").map_err(io(&tmp))?;
-    std::fs::rename(&tmp, &path).map_err(io(&path))?;
     Ok(())
 }

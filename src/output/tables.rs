@@ -207,11 +207,13 @@ mod tests {
             logits: vec![],
             probabilities: vec![0.123_456_79, 0.7, 1e-7, 0.176_543_2],
             cam: vec![],
+            attention: vec![],
         };
         let o1 = TileOutput {
             logits: vec![],
             probabilities: vec![0.01, 0.02, 0.9, 0.07],
             cam: vec![],
+            attention: vec![],
         };
         vec![(t0, o0), (t1, o1)]
     }

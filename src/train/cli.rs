@@ -199,7 +199,9 @@ impl RecipeArgs {
                 }
             }
         };
-        let command = std::iter::once("scripts/distill-and-export.sh".to_string())
+        // As the user can rerun it: the binary's own name varies (target/release/…, a
+        // study binary), and the script adds flags of its own before exec'ing this.
+        let command = std::iter::once("slidegrade train".to_string())
             .chain(std::env::args().skip(2))
             .collect::<Vec<_>>()
             .join(" ");

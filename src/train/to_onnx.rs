@@ -52,9 +52,11 @@ pub fn export_checked(
     let s = model.input_size;
     let x = Tensor::<4>::from_data(TensorData::new(input, [tiles.len(), 3, s, s]), device);
     let out = model.forward(x);
+    let attention = crate::train::loss::attention_maps(out.features.clone(), model.weight.val());
     let cam = model.cam(out.features);
     let logits = floats(out.logits.into_data())?;
     let cam = floats(cam.into_data())?;
+    let attention = floats(attention.into_data())?;
     let (c, per_cam) = (logits.len() / tiles.len(), cam.len() / tiles.len());
     let mut max_logits = 0f32;
     let mut max_cam = 0f32;
@@ -68,7 +70,18 @@ pub fn export_checked(
                 o.cam.len()
             );
         }
-        for (a, b) in o.cam.iter().zip(&cam[i * per_cam..(i + 1) * per_cam]) {
+        if o.attention.len() != per_cam {
+            bail!(
+                "ONNX AT+ map has {} values per tile, burn {per_cam}",
+                o.attention.len()
+            );
+        }
+        // The CAM figure covers both maps: Grad-CAM and the AT+ map the Student learnt.
+        let range = i * per_cam..(i + 1) * per_cam;
+        for (a, b) in o.cam.iter().zip(&cam[range.clone()]) {
+            max_cam = max_cam.max((a - b).abs());
+        }
+        for (a, b) in o.attention.iter().zip(&attention[range]) {
             max_cam = max_cam.max((a - b).abs());
         }
     }

@@ -58,21 +58,68 @@ fn exported_graph_matches_reference_forward_pass() {
         let reference = net.forward(&reference_input(&tiles, m.input.mean, m.input.std), n);
         let logits: Vec<f32> = out.iter().flat_map(|o| o.logits.clone()).collect();
         let cam: Vec<f32> = out.iter().flat_map(|o| o.cam.clone()).collect();
-        let (dl, dc) = (
+        let attention: Vec<f32> = out.iter().flat_map(|o| o.attention.clone()).collect();
+        let (dl, dc, da) = (
             max_abs_diff(&logits, &reference.logits),
             max_abs_diff(&cam, &reference.cam),
+            max_abs_diff(&attention, &reference.attention),
         );
         assert!(dl < 1e-4, "logits differ by {dl}");
         assert!(dc < 1e-4, "cam differs by {dc}");
+        assert_eq!(attention.len(), cam.len(), "the AT+ maps are exported");
+        assert!(da < 1e-4, "AT+ maps differ by {da}");
         assert!(
             cam.iter().any(|v| *v > 0.0),
             "a CAM of all zeros would prove nothing"
         );
+        // ReLU per channel before the sum keeps at least what the sum's ReLU keeps, and
+        // strictly more wherever channels disagree: the two maps are not the same map.
+        assert!(attention.iter().zip(&cam).all(|(a, c)| *a >= *c - 1e-6));
+        assert!(attention.iter().zip(&cam).any(|(a, c)| *a > *c + 1e-4));
         for o in &out {
             let sum: f32 = o.probabilities.iter().sum();
             assert!((sum - 1.0).abs() < 1e-5);
         }
     }
+}
+
+/// A model exported before the AT+ output existed gets it from `upgrade-model`'s graph
+/// edit, with the same values as a fresh export.
+#[test]
+fn attention_output_is_added_to_an_older_graph() {
+    use slidegrade::build::onnx::{self, GraphNames};
+    let dir = tempfile::tempdir().unwrap();
+    let (net, model) = common::tiny_model(dir.path(), "tiny", 12);
+    // The same network written as before: no attention output in graph or manifest.
+    use onnx_ir::Message;
+    let mut old = onnx::to_model(&net, &GraphNames::default(), "tiny").unwrap();
+    let graph = old.graph.mut_or_insert_default();
+    let added = |name: &str| name.starts_with("attention");
+    graph.output.retain(|o| !added(&o.name));
+    graph.node.retain(|n| !n.output.iter().any(|o| added(o)));
+    graph.initializer.retain(|t| !added(&t.name));
+    let bytes = old.write_to_bytes().unwrap();
+    let upgraded = onnx::with_attention(&bytes, "attention").unwrap().unwrap();
+    assert!(
+        onnx::with_attention(&upgraded, "attention")
+            .unwrap()
+            .is_none(),
+        "a second upgrade changes nothing"
+    );
+    let model_dir = model.dir.clone();
+    std::fs::write(model_dir.join("model.onnx"), &upgraded).unwrap();
+    let mut manifest = model.manifest.clone();
+    manifest.onnx_sha256 = slidegrade::model::contract::sha256_hex(&upgraded);
+    slidegrade::model::contract::write_manifest(&model_dir, &manifest).unwrap();
+    let model = slidegrade::model::contract::load(&model_dir).unwrap();
+    let mut engine = OrtEngine::new(&model, &EngineConfig::default()).unwrap();
+    let tiles = random_tiles(3, 16, 5);
+    let out = engine.infer(&tiles).unwrap();
+    let m = &model.manifest;
+    let reference = net.forward(&reference_input(&tiles, m.input.mean, m.input.std), 3);
+    let attention: Vec<f32> = out.iter().flat_map(|o| o.attention.clone()).collect();
+    let d = max_abs_diff(&attention, &reference.attention);
+    assert!(d < 1e-4, "AT+ maps differ by {d}");
 }
 
 #[test]

@@ -52,7 +52,7 @@ fn every_real_slide_gets_a_result_or_a_specific_refusal() {
     );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let r = result(&out("cmu"));
-    assert_eq!(r["schema"], "slidegrade.result/1.2");
+    assert_eq!(r["schema"], "slidegrade.result/1.3");
     assert_eq!(r["outcome"], "graded");
     assert_eq!(r["model"]["name"], "tiny");
     assert_eq!(r["model"]["onnx_sha256"].as_str().unwrap().len(), 64);

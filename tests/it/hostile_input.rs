@@ -641,7 +641,7 @@ fn onnx_with_the_wrong_outputs_is_refused_naming_them() {
         ),
         (
             &renamed.dir,
-            r#"no output named `logits` (outputs: ["scores", "heat"])"#,
+            r#"no output named `logits` (outputs: ["scores", "heat", "attention"])"#,
         ),
     ] {
         let err = contract::load(model_dir).unwrap_err();

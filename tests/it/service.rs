@@ -212,7 +212,7 @@ async fn upload_poll_and_fetch_every_output() {
     };
     let (status, result) = json(get(format!("/v1/jobs/{id}/result")).await).await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(result["schema"], "slidegrade.result/1.2");
+    assert_eq!(result["schema"], "slidegrade.result/1.3");
     assert_eq!(result["slide"]["file_name"], "CMU-1-Small-Region.svs");
     for (path, content_type) in [
         ("overlay.png", "image/png"),
@@ -220,13 +220,64 @@ async fn upload_poll_and_fetch_every_output() {
         ("tiles.geojson", "application/geo+json"),
         ("tiles.csv", "text/csv"),
     ] {
-        let response = get(format!("/v1/jobs/{id}/{path}")).await;
+        // The heatmaps and tile tables are written just after the job is done: until
+        // then, 409 not_ready.
+        let mut response = get(format!("/v1/jobs/{id}/{path}")).await;
+        for _ in 0..100 {
+            if response.status() != StatusCode::CONFLICT {
+                break;
+            }
+            assert_eq!(json(response).await.1["error_type"], "not_ready");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            response = get(format!("/v1/jobs/{id}/{path}")).await;
+        }
         assert_eq!(response.status(), StatusCode::OK, "{path}");
         assert_eq!(response.headers()["content-type"], content_type);
         assert!(!response.bytes().await.unwrap().is_empty());
     }
     let response = get(format!("/v1/jobs/{id}/heatmap/..%2Fresult.png")).await;
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
+
+    // What a client sees of a done job whose maps and tables are still being written,
+    // and of one where writing them failed (the markers a worker leaves; issue 16 §3).
+    let out_dir = dir.path().join("data/results").join(&id);
+    assert!(
+        !out_dir
+            .join(slidegrade::serve::jobs::OUTPUTS_PENDING)
+            .exists()
+    );
+    std::fs::remove_file(out_dir.join("tiles.csv")).unwrap();
+    std::fs::write(out_dir.join(slidegrade::serve::jobs::OUTPUTS_PENDING), b"").unwrap();
+    let (status, body) = json(get(format!("/v1/jobs/{id}/tiles.csv")).await).await;
+    assert_eq!(
+        (status, body["error_type"].as_str()),
+        (StatusCode::CONFLICT, Some("not_ready"))
+    );
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("still being written"),
+        "{body}"
+    );
+    let (status, _) = json(get(format!("/v1/jobs/{id}/result")).await).await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "result.json is there before the maps"
+    );
+    std::fs::remove_file(out_dir.join(slidegrade::serve::jobs::OUTPUTS_PENDING)).unwrap();
+    std::fs::write(
+        out_dir.join(slidegrade::serve::jobs::OUTPUTS_ERROR),
+        "disk full",
+    )
+    .unwrap();
+    let (status, body) = json(get(format!("/v1/jobs/{id}/tiles.csv")).await).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(
+        body["error"].as_str().unwrap().ends_with("disk full"),
+        "{body}"
+    );
 
     // The LIMS messages of the finished job pass the real validators (scripts/setup-python.sh).
     let python = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");

@@ -13,6 +13,7 @@ use super::state::AppState;
 use crate::output::report::GradeReport;
 
 use crate::serve::jobs::store::{Job, JobState, KeyRole};
+use crate::serve::jobs::{OUTPUTS_ERROR, OUTPUTS_PENDING};
 
 use super::jobs::load_job;
 
@@ -36,9 +37,25 @@ pub async fn finished_job_file(
         }
         other => return Err(ApiError::NotReady(format!("job is {}", other.as_str()))),
     }
-    let bytes = tokio::fs::read(job.out_dir.join(file))
-        .await
-        .map_err(|_| ApiError::NotFound(format!("job {id} has no {file}")))?;
+    let bytes = match tokio::fs::read(job.out_dir.join(file)).await {
+        Ok(bytes) => bytes,
+        // result.json and the overlay are written before the job is done; the heatmaps
+        // and tile tables just after (`jobs::OUTPUTS_PENDING`).
+        Err(_) if job.out_dir.join(OUTPUTS_PENDING).exists() => {
+            return Err(ApiError::NotReady(format!(
+                "job {id} is done; its {file} is still being written, retry in a second"
+            )));
+        }
+        Err(_) => {
+            let reason = tokio::fs::read_to_string(job.out_dir.join(OUTPUTS_ERROR))
+                .await
+                .map(|r| format!(": {r}"))
+                .unwrap_or_default();
+            return Err(ApiError::NotFound(format!(
+                "job {id} has no {file}{reason}"
+            )));
+        }
+    };
     Ok((job, bytes))
 }
 

@@ -19,10 +19,11 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Notify, watch};
 
 use crate::grade::pipeline::{GradeError, GradeOptions};
-use crate::grader::{Grader, GraderError};
+use crate::grader::{Grader, GraderError, MapsAndTables};
 use crate::model::engine::EnginePool;
 
 use crate::output::lims::ReportContext;
+use crate::output::report::ReportError;
 use store::{Job, JobState, Store};
 
 /// The models a server grades with, by name.
@@ -84,6 +85,13 @@ pub struct JobSettings {
 /// many starts it fails as `interrupted` instead of going back in the queue (see
 /// [`store::Store::expire_leases`]).
 pub const MAX_ATTEMPTS: u32 = 3;
+
+/// In a job's output folder while its heatmaps and tile tables are still being written
+/// (the job is already done: `result.json` and the overlay come first).
+pub const OUTPUTS_PENDING: &str = "outputs.pending";
+/// In a job's output folder when its heatmaps and tile tables could not be written; holds
+/// the reason.
+pub const OUTPUTS_ERROR: &str = "outputs.error";
 
 pub struct Jobs {
     pub store: Arc<Store>,
@@ -274,8 +282,8 @@ impl Jobs {
         let outcome = self.grade(&job, flag);
         metrics.jobs_running.dec();
         let reason = self.running().remove(&job.id).and_then(|r| r.reason);
-        let (state, error) = match outcome {
-            Ok(()) => (JobState::Done, None),
+        let (state, error, rest) = match outcome {
+            Ok(rest) => (JobState::Done, None, Some(rest)),
             Err(GradeFailure::Grade(GraderError::Grade(GradeError::Stopped)))
                 if reason == Some(StopReason::Shutdown) =>
             {
@@ -292,9 +300,9 @@ impl Jobs {
                 return;
             }
             Err(GradeFailure::Grade(GraderError::Grade(GradeError::Stopped))) => {
-                (JobState::Cancelled, None)
+                (JobState::Cancelled, None, None)
             }
-            Err(e) => (JobState::Failed, Some((e.to_string(), e.kind()))),
+            Err(e) => (JobState::Failed, Some((e.to_string(), e.kind())), None),
         };
         let error_ref = error.as_ref().map(|(m, k)| (m.as_str(), *k));
         let mut callbacks = Vec::new();
@@ -334,9 +342,16 @@ impl Jobs {
             seconds = started.elapsed().as_secs_f64(),
             "job finished"
         );
+        // After `done` is recorded (and its webhook queued): the grade does not wait for
+        // the heatmaps and tile tables (issue 16 §3).
+        if let Some(rest) = rest {
+            self.write_maps_and_tables(&job, rest);
+        }
     }
 
-    fn grade(&self, job: &Job, stop: Arc<AtomicBool>) -> Result<(), GradeFailure> {
+    /// Grades the job's slide and writes `result.json` and the overlay; the rest of the
+    /// outputs come back to be written after the job is recorded done.
+    fn grade(&self, job: &Job, stop: Arc<AtomicBool>) -> Result<MapsAndTables, GradeFailure> {
         let (_, pool) = self
             .models
             .resolve(job.request.model.as_deref())
@@ -347,9 +362,19 @@ impl Jobs {
             ..self.settings.grade.clone()
         };
         let mut last_update = Instant::now();
-        Grader::new(pool, options).grade(
+        // Written before the job can be done, removed when the maps and tables are: a
+        // client asking for them in between is told to retry (`http::results`).
+        std::fs::create_dir_all(&job.out_dir)
+            .and_then(|()| std::fs::write(job.out_dir.join(OUTPUTS_PENDING), b""))
+            .map_err(|e| {
+                GradeFailure::Grade(GraderError::Report(ReportError::Io {
+                    path: job.out_dir.join(OUTPUTS_PENDING),
+                    source: e,
+                }))
+            })?;
+        let (_, rest) = Grader::new(pool, options).grade_deferring_outputs(
             &job.slide_path,
-            Some(&job.out_dir),
+            &job.out_dir,
             &mut |done, total| {
                 // Progress goes to the store at most twice a second, and always at the end.
                 if done == total || last_update.elapsed() > Duration::from_millis(500) {
@@ -358,7 +383,23 @@ impl Jobs {
                 }
             },
         )?;
-        Ok(())
+        Ok(rest)
+    }
+
+    /// Writes a done job's heatmaps and tile tables, then removes the pending marker.
+    /// A failure is recorded beside them (`outputs.error`), where the results routes
+    /// report it, since the job's grade stands.
+    fn write_maps_and_tables(&self, job: &Job, rest: MapsAndTables) {
+        match rest.write() {
+            Ok(ms) => tracing::info!(job = %job.id, ms, "heatmaps and tile tables written"),
+            Err(e) => {
+                tracing::error!(job = %job.id, %e, "cannot write the heatmaps and tile tables");
+                let _ = std::fs::write(job.out_dir.join(OUTPUTS_ERROR), e.to_string());
+            }
+        }
+        if let Err(e) = std::fs::remove_file(job.out_dir.join(OUTPUTS_PENDING)) {
+            tracing::error!(job = %job.id, %e, "cannot remove the outputs' pending marker");
+        }
     }
 
     /// Deletes the files of jobs finished more than `max_age` ago, and their uploads.
