@@ -408,3 +408,71 @@ fn a_slide_is_shared_across_threads() {
         assert_eq!(h.join().expect("thread").expect("read"), (128, 128));
     }
 }
+
+/// Issue 16 §2: on every shared slide the direct reader takes, its reads match OpenSlide's
+/// read + area averaging within a mean absolute difference of 1 (of 255; the two JPEG
+/// decoders' IDCTs round differently). With the optional 1/2 DCT-domain decoding
+/// (`SLIDEGRADE_DCT_HALF`), reads at least twice as coarse as their level stay within
+/// 2.5 (measured ≤ 2.0): the scaled IDCT is a different low-pass filter.
+#[test]
+fn direct_reads_match_openslide() {
+    let dir = tempfile::tempdir().unwrap();
+    let synthetic = dir.path().join("core.tiff");
+    let spec = slidegrade::synth::SlideSpec::with_pattern(
+        12_288,
+        4_096,
+        0.25,
+        7,
+        slidegrade::synth::CorePattern::ALL[3],
+    );
+    slidegrade::synth::write_slide(&synthetic, &spec).unwrap();
+    let mut cases = vec![(
+        synthetic,
+        vec![
+            (4_000i64, 1_000i64, 0.25),
+            (3_000, 500, 1.0),
+            (2_000, 800, 4.0),
+            (5_000, 1_200, 8.0),
+        ],
+    )];
+    if let Some(cmu) = slide_path(CMU) {
+        cases.push((
+            cmu,
+            vec![
+                (600, 900, 0.5),
+                (300, 400, 1.0),
+                (200, 200, 2.0),
+                (0, 0, 4.0),
+            ],
+        ));
+    }
+    for (path, reads) in cases {
+        let reference = Slide::open(&path, None).unwrap().without_direct_reader();
+        assert!(!reference.reads_directly(0));
+        for dct_half in [false, true] {
+            let direct = Slide::open(&path, None).unwrap().with_dct_half(dct_half);
+            assert!(
+                direct.reads_directly(0),
+                "{}: level 0 is JPEG tiles",
+                path.display()
+            );
+            for &(x, y, mpp) in &reads {
+                let a = direct.read_region_at_mpp(x, y, 256, 256, mpp).unwrap();
+                let b = reference.read_region_at_mpp(x, y, 256, 256, mpp).unwrap();
+                let mad = mean_abs_diff(&a, &b);
+                let plan = reference.plan_region(x, y, 256, 256, mpp).unwrap();
+                let scaled = dct_half && plan.read_size.0 >= 2 * plan.output_size.0;
+                let limit = if scaled { 2.5 } else { 1.0 };
+                eprintln!(
+                    "{} at ({x}, {y}), {mpp} µm/px, DCT 1/2 {dct_half}: mean |Δ| {mad:.3}",
+                    path.display()
+                );
+                assert!(
+                    mad <= limit,
+                    "{}: mean |Δ| {mad:.3} > {limit} at {mpp} µm/px",
+                    path.display()
+                );
+            }
+        }
+    }
+}
