@@ -16,6 +16,10 @@
 #    models/*-real;
 # 6. every shipped model on the real patches and on the four other-source patches.
 #
+# On resume, phase 1 re-exports models/{teacher-10x,student-*} without the `grading` block
+# that `slidegrade bench cores --write-recommendation` added (and, from an old binary,
+# without the AT+ output): run `git checkout models/` after it unless you mean to re-tune.
+#
 # They run in the order 1, 3, 5, 6, 2, 4: the real-tissue phases are short and answer
 # questions nothing else does, so they come before the long seeds phase.
 # Each phase writes its own section of RESULTS.md. Phases 1–2 are CPU hours on 2 cores.
