@@ -14,7 +14,6 @@ use anyhow::Context;
 
 use super::common::{header, load_models};
 use crate::grade::pipeline::{self, GradeOptions, class_patterns};
-use crate::grade::rule;
 use crate::grade::tiling::TileSpec;
 use crate::model::contract::{self, GradingDefaults};
 use crate::model::engine::{EngineArgs, EnginePool, TileOutput};
@@ -146,10 +145,7 @@ pub fn run(args: &CoresArgs) -> anyhow::Result<()> {
                 let exact = tallies
                     .iter()
                     .zip(&cores)
-                    .filter(|(tally, core)| {
-                        rule::grade(&tally.areas.without_patterns_below(min)).gleason
-                            == core.truth.grade.gleason
-                    })
+                    .filter(|(tally, core)| tally.grade(min).gleason == core.truth.grade.gleason)
                     .count();
                 let _ = write!(row, " {exact}/{} |", cores.len());
                 // Ties go to the smaller minimum area, then the smaller radius: the
@@ -171,7 +167,7 @@ pub fn run(args: &CoresArgs) -> anyhow::Result<()> {
             );
             for ((tiles, um2), core) in inferred.iter().zip(&cores) {
                 let tally = pipeline::tally(tiles, &manifest.classes, &patterns, *um2, radius);
-                let graded = rule::grade(&tally.areas.without_patterns_below(min));
+                let graded = tally.grade(min);
                 let truth = &core.truth.grade;
                 if graded.gleason != truth.gleason {
                     let (a, t) = (&tally.areas, &core.truth.areas_mm2);

@@ -366,7 +366,7 @@ pub fn grade_slide(
     Ok(Graded {
         outcome,
         slide: props,
-        grade: graded.then(|| rule::grade(&tally.areas.without_patterns_below(min_pattern_mm2))),
+        grade: graded.then(|| tally.grade(min_pattern_mm2)),
         class_areas_mm2: tally.class_areas_mm2,
         confidence: graded.then_some(tally.confidence).flatten(),
         tissue_area_mm2: tally.tissue_area_mm2,
@@ -394,6 +394,14 @@ pub struct Tally {
     /// Tissue-weighted mean of each tile's probability for the class it counts as.
     pub confidence: Option<f64>,
     pub tissue_area_mm2: f64,
+}
+
+impl Tally {
+    /// The grade of these areas, patterns under `min_pattern_mm2` counted as benign: the
+    /// one place the rule's minimum area is applied, for the grader and its tuning alike.
+    pub fn grade(&self, min_pattern_mm2: f64) -> Grade {
+        rule::grade(&self.areas.without_patterns_below(min_pattern_mm2))
+    }
 }
 
 /// Each tile's tissue goes to the class it counts as after smoothing over `radius` tiles

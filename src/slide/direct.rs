@@ -39,7 +39,7 @@ const PHOTOMETRIC_YCBCR: u16 = 6;
 const CACHE_TILES: usize = 160;
 
 /// One pyramid level stored as JPEG tiles.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct TiledLevel {
     width: u32,
     height: u32,
@@ -83,6 +83,8 @@ pub enum DirectError {
     Io(#[from] std::io::Error),
     #[error("decoding a JPEG tile: {0}")]
     Jpeg(#[from] jpeg_decoder::Error),
+    #[error("level {0} is not stored as JPEG tiles")]
+    LevelNotCovered(u32),
     #[error("tile ({0}, {1}) is not in the file's tile table")]
     MissingTile(u32, u32),
     #[error("a JPEG tile decoded to {0} bytes, expected {1}")]
@@ -108,8 +110,8 @@ impl DirectReader {
             }
             by_level[index] = tiled
                 .iter()
-                .position(|t| (t.width, t.height) == (level.width, level.height))
-                .map(|i| clone_level(&tiled[i]));
+                .find(|t| (t.width, t.height) == (level.width, level.height))
+                .cloned();
         }
         if by_level.iter().all(Option::is_none) {
             return None;
@@ -138,7 +140,7 @@ impl DirectReader {
         scale: u32,
     ) -> Result<RgbImage, DirectError> {
         let Some(Some(l)) = self.levels.get(level as usize) else {
-            return Err(DirectError::MissingTile(0, 0));
+            return Err(DirectError::LevelNotCovered(level));
         };
         let s = scale.clamp(1, 8);
         let out_w = size.0.div_ceil(s);
@@ -243,20 +245,6 @@ fn decode(stream: &[u8], l: &TiledLevel, s: u32) -> Result<RgbImage, DirectError
         return Err(DirectError::BadTile(pixels.len(), expected));
     }
     RgbImage::from_raw(w, h, pixels).ok_or(DirectError::BadTile(0, expected))
-}
-
-fn clone_level(l: &TiledLevel) -> TiledLevel {
-    TiledLevel {
-        width: l.width,
-        height: l.height,
-        tile_width: l.tile_width,
-        tile_height: l.tile_height,
-        tiles_across: l.tiles_across,
-        offsets: l.offsets.clone(),
-        byte_counts: l.byte_counts.clone(),
-        tables: l.tables.clone(),
-        transform: l.transform,
-    }
 }
 
 /// Every directory in the file's main chain that this reader can take.
