@@ -5,6 +5,7 @@
 pub mod agreement;
 pub mod common;
 pub mod cores;
+pub mod decode;
 pub mod devices;
 pub mod engine;
 pub mod load;
@@ -21,6 +22,9 @@ pub enum BenchCommand {
     /// Tiles at a model's resolution: the slide reader (nearest level, then resize) against
     /// a naive level-0 read followed by a resize, the way WSInfer reads.
     Read(read::ReadArgs),
+    /// Decoding one level's JPEG tiles, Mpx/s: jpeg-decoder, zune-jpeg (one core and
+    /// every core) and OpenSlide; `--dump-tiles` for the libjpeg-turbo comparison.
+    Decode(decode::DecodeArgs),
     /// Engine throughput (tiles/s) by batch size and intra-op threads, per model.
     Engine(engine::EngineBenchArgs),
     /// Tile calls against the ground truth of a synthetic slide, read from the pyramid
@@ -47,6 +51,7 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
     match command {
         BenchCommand::Slide(args) => slide::run(&args),
         BenchCommand::Read(args) => read::run(&args),
+        BenchCommand::Decode(args) => decode::run(&args),
         BenchCommand::Engine(args) => engine::run(&args),
         BenchCommand::Load(args) => load::run(&args),
         BenchCommand::Agreement(args) => agreement::run(&args),

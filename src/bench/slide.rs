@@ -30,6 +30,9 @@ pub struct SlideArgs {
     pub repeats: usize,
     #[arg(long, default_value_t = 16)]
     pub batch_size: usize,
+    /// Threads that decode the tiles of a batch together (0 = every core).
+    #[arg(long, default_value_t = 0)]
+    pub read_threads: usize,
     /// Seed of the synthetic benchmark slide.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -60,6 +63,7 @@ pub fn run(args: &SlideArgs) -> anyhow::Result<()> {
     let models = load_models(&args.models_dir, &args.models)?;
     let options = GradeOptions {
         batch_size: args.batch_size.max(1),
+        read_threads: args.read_threads,
         ..GradeOptions::default()
     };
     let scratch = tempfile_dir()?;
@@ -156,9 +160,13 @@ fn table(
     }
     let _ = writeln!(
         s,
-        "\n- Medians of {} gradings per model, batch {}, CPU execution provider; read and infer overlap (reader thread), so `tiles` is their wall time. `write` is result.json and the overlay, on the critical path; `total` is the time to a done grade; the heatmaps and tile tables are written after it (last column).\n",
+        "\n- Medians of {} gradings per model, batch {}, {} read threads, CPU execution provider; read and infer overlap (reader threads), so `tiles` is their wall time. `write` is result.json and the overlay, on the critical path; `total` is the time to a done grade; the heatmaps and tile tables are written after it (last column).\n",
         args.repeats.max(1),
-        args.batch_size
+        args.batch_size,
+        match args.read_threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
     );
     let _ = writeln!(
         s,

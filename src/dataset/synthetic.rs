@@ -58,6 +58,30 @@ pub enum PatchKind {
     Focal,
     /// The whole patch is one class (the set before issue 12; kept for comparison).
     Uniform,
+    /// Half the patches of each class focal, half uniform, interleaved by index. Whole
+    /// slides hold both: small foci, and regions of one pattern larger than a tile. The
+    /// focal-trained 2.5× and 1.25× Students read such regions of G3 as G4 (RESULTS.md,
+    /// "Whole slides"), a patch filled with one pattern being outside what they saw.
+    Mixed,
+}
+
+impl PatchKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            PatchKind::Focal => "focal",
+            PatchKind::Uniform => "uniform",
+            PatchKind::Mixed => "mixed",
+        }
+    }
+
+    /// Whether patch `index` of a class holds its pattern as a focus.
+    pub fn is_focal(self, index: usize) -> bool {
+        match self {
+            PatchKind::Focal => true,
+            PatchKind::Uniform => false,
+            PatchKind::Mixed => index.is_multiple_of(2),
+        }
+    }
 }
 
 /// The default [`SynthSetConfig::edge_share`]: none. Tried at 25% (about the share of a
@@ -89,12 +113,20 @@ pub fn generate(cfg: &SynthSetConfig) -> Result<DataSet> {
     // A set on disk is reused when its description matches, so the description names
     // everything that changes the pixels (a set rendered before foci were placed on the
     // pattern must not be taken for one rendered after).
-    if cfg.kind == PatchKind::Focal {
+    if cfg.kind != PatchKind::Uniform {
+        let share = if cfg.kind == PatchKind::Mixed {
+            "half the patches: "
+        } else {
+            ""
+        };
         description.push_str(&format!(
-            ", cancer as a focus of {:.0}–{:.0}% of the patch, placed on the pattern's glands",
+            ", {share}cancer as a focus of {:.0}–{:.0}% of the patch, placed on the pattern's glands",
             Focus::AREA_RANGE.0 * 100.0,
             Focus::AREA_RANGE.1 * 100.0
         ));
+        if cfg.kind == PatchKind::Mixed {
+            description.push_str(", the other half one pattern throughout");
+        }
     }
     if cfg.edge_share > 0.0 {
         description.push_str(&format!(", {:.0}% at a core's rim", cfg.edge_share * 100.0));
@@ -200,7 +232,7 @@ pub fn render(cfg: &SynthSetConfig, split: Split, class: Class, index: usize) ->
     if is_edge_patch(cfg.edge_share, index) {
         let edge = CoreEdge::random(seed.rotate_left(17) ^ 0x5eed);
         render_edge_patch(class, origin, cfg.size_px, cfg.mpp, seed, edge)
-    } else if cfg.kind == PatchKind::Focal {
+    } else if cfg.kind.is_focal(index) {
         let focus = Focus::random(seed.rotate_left(29) ^ 0xf0c5);
         let focus = place_focus(class, origin, cfg.size_px, cfg.mpp, seed, focus);
         render_focal_patch(class, origin, cfg.size_px, cfg.mpp, seed, focus)
@@ -226,5 +258,31 @@ mod tests {
         assert_eq!(count(0.25, 3), 0);
         assert_eq!(count(0.0, 100), 0);
         assert_eq!(count(1.0, 100), 100);
+    }
+
+    #[test]
+    fn a_mixed_set_holds_focal_and_uniform_patches_of_every_class() {
+        let focal = (0..10).filter(|&i| PatchKind::Mixed.is_focal(i)).count();
+        assert_eq!(focal, 5);
+        assert!((0..10).all(|i| PatchKind::Focal.is_focal(i)));
+        assert!(!(0..10).any(|i| PatchKind::Uniform.is_focal(i)));
+        // A uniform patch of a mixed set is the uniform set's patch, a focal one the
+        // focal set's: the kinds share seeds, only the layout of the pattern differs.
+        let cfg = |kind| SynthSetConfig {
+            out: PathBuf::new(),
+            train_per_class: 1,
+            val_per_class: 1,
+            test_per_class: 1,
+            size_px: 32,
+            mpp: 1.0,
+            seed: 7,
+            threads: 1,
+            edge_share: 0.0,
+            kind,
+        };
+        let patch = |kind, index| render(&cfg(kind), Split::Train, Class::G4, index);
+        assert_eq!(patch(PatchKind::Mixed, 0), patch(PatchKind::Focal, 0));
+        assert_eq!(patch(PatchKind::Mixed, 1), patch(PatchKind::Uniform, 1));
+        assert_ne!(patch(PatchKind::Mixed, 1), patch(PatchKind::Focal, 1));
     }
 }

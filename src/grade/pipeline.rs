@@ -29,6 +29,8 @@ pub struct GradeOptions {
     pub batch_size: usize,
     /// Batches the reader may prepare ahead of inference.
     pub read_ahead: usize,
+    /// Threads that read (decode) the tiles of one batch together; 0 = every core.
+    pub read_threads: usize,
     /// A tile is graded when at least this share of it is tissue.
     pub min_tissue: f64,
     /// A tile counts as the most probable class of the mean over its neighbours within
@@ -58,6 +60,7 @@ impl Default for GradeOptions {
         GradeOptions {
             batch_size: 16,
             read_ahead: 4,
+            read_threads: 0,
             min_tissue: 0.25,
             smoothing_radius: None,
             min_pattern_mm2: None,
@@ -292,6 +295,10 @@ pub fn grade_slide(
     let mut stitch = Duration::ZERO;
     let mut infer = Duration::ZERO;
     let mut read = Duration::ZERO;
+    let read_threads = match options.read_threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
     std::thread::scope(|scope| -> Result<(), GradeError> {
         let (sender, receiver) = sync_channel::<Batch>(options.read_ahead.max(1));
         let slide = &slide;
@@ -302,18 +309,16 @@ pub fn grade_slide(
                 // One read per tile. Reading each run of adjacent tiles in one call and
                 // cutting it up measured no faster (BENCHMARKS.md): OpenSlide caches the
                 // level tiles that neighbouring reads share.
-                let images: Result<Vec<RgbImage>, SlideError> = chunk
-                    .iter()
-                    .map(|tile| {
-                        slide.read_region_at_mpp(
-                            tile.x.round() as i64,
-                            tile.y.round() as i64,
-                            tile_px,
-                            tile_px,
-                            model_mpp,
-                        )
-                    })
-                    .collect();
+                let read = |tile: &TileSpec| {
+                    slide.read_region_at_mpp(
+                        tile.x.round() as i64,
+                        tile.y.round() as i64,
+                        tile_px,
+                        tile_px,
+                        model_mpp,
+                    )
+                };
+                let images = read_in_parallel(chunk, read_threads, read);
                 let failed = images.is_err();
                 let batch = images.map(|images| (chunk.to_vec(), images, t.elapsed()));
                 // A closed channel means the consumer gave up; stop reading.
@@ -447,6 +452,35 @@ pub fn tally(
     }
 }
 
+/// `read` of every tile of a batch, in order, split over up to `threads` threads. Both
+/// readers are safe to share: the direct reader's tile cache makes a second thread
+/// wanting the same JPEG tile wait for the first one's decode instead of repeating it,
+/// and OpenSlide handles are thread-safe.
+fn read_in_parallel(
+    tiles: &[TileSpec],
+    threads: usize,
+    read: impl Fn(&TileSpec) -> Result<RgbImage, SlideError> + Sync,
+) -> Result<Vec<RgbImage>, SlideError> {
+    if threads <= 1 || tiles.len() <= 1 {
+        return tiles.iter().map(&read).collect();
+    }
+    let read = &read;
+    std::thread::scope(|scope| {
+        let parts: Vec<_> = tiles
+            .chunks(tiles.len().div_ceil(threads))
+            .map(|part| scope.spawn(move || part.iter().map(read).collect::<Result<Vec<_>, _>>()))
+            .collect();
+        let mut images = Vec::with_capacity(tiles.len());
+        for part in parts {
+            let part = part.join().map_err(|_| SlideError::Corrupt {
+                detail: "a tile reader thread panicked".into(),
+            })??;
+            images.extend(part);
+        }
+        Ok(images)
+    })
+}
+
 /// Runs every batch from the reader through the engine, in order.
 fn consume(
     receiver: &Receiver<Batch>,
@@ -478,6 +512,37 @@ fn consume(
 mod tests {
     use super::*;
     use crate::slide::{Level, MppSource};
+
+    #[test]
+    fn tiles_read_in_parallel_keep_their_order_and_errors() {
+        let tiles: Vec<TileSpec> = (0..23)
+            .map(|i| TileSpec {
+                col: i,
+                row: 0,
+                x: f64::from(i),
+                y: 0.0,
+                side: 1.0,
+                tissue_fraction: 1.0,
+            })
+            .collect();
+        let read = |t: &TileSpec| Ok(RgbImage::from_pixel(1, 1, image::Rgb([t.col as u8; 3])));
+        for threads in [1, 2, 3, 8, 64] {
+            let images = read_in_parallel(&tiles, threads, read).unwrap();
+            let order: Vec<u8> = images.iter().map(|i| i.get_pixel(0, 0)[0]).collect();
+            assert_eq!(order, (0..23).collect::<Vec<u8>>(), "{threads} threads");
+        }
+        let failing = |t: &TileSpec| {
+            if t.col == 17 {
+                Err(SlideError::Corrupt {
+                    detail: "tile 17".into(),
+                })
+            } else {
+                read(t)
+            }
+        };
+        let e = read_in_parallel(&tiles, 4, failing).unwrap_err();
+        assert!(e.to_string().contains("tile 17"), "{e}");
+    }
 
     fn props(w: u32, h: u32, mpp: f64) -> SlideProperties {
         SlideProperties {

@@ -9,6 +9,12 @@
 //! the level, a tile is decoded at 1/2, 1/4 or 1/8 of its size in the DCT domain
 //! (`jpeg-decoder`'s scaled IDCT), which skips most of the decoding work.
 //!
+//! Two decoders, both pure Rust: `zune-jpeg` decodes full-size tiles (SIMD IDCT and
+//! colour conversion; about twice `jpeg-decoder`'s speed here, BENCHMARKS.md), and
+//! `jpeg-decoder` decodes scaled ones, which `zune-jpeg` cannot. A tile whose colour space
+//! `zune-jpeg` reads differently from the TIFF's photometric tag (it guesses from JPEG
+//! markers and cannot be told) also goes to `jpeg-decoder`, which can.
+//!
 //! What it takes: every tiled, 8-bit, 3-sample, chunky, JPEG-compressed (TIFF compression
 //! 7) directory whose size matches one of OpenSlide's levels. Anything else (JPEG 2000
 //! SVS, DICOM, NDPI, MRXS, stripped or LZW TIFFs) is left to OpenSlide, level by level.
@@ -63,6 +69,7 @@ pub struct DirectReader {
     /// By OpenSlide level index; `None` where that level is not JPEG tiles.
     levels: Vec<Option<TiledLevel>>,
     cache: quick_cache::sync::Cache<TileKey, Arc<RgbImage>>,
+    codec: JpegCodec,
 }
 
 impl std::fmt::Debug for DirectReader {
@@ -83,12 +90,24 @@ pub enum DirectError {
     Io(#[from] std::io::Error),
     #[error("decoding a JPEG tile: {0}")]
     Jpeg(#[from] jpeg_decoder::Error),
+    #[error("decoding a JPEG tile: {0}")]
+    Zune(#[from] zune_jpeg::errors::DecodeErrors),
     #[error("level {0} is not stored as JPEG tiles")]
     LevelNotCovered(u32),
     #[error("tile ({0}, {1}) is not in the file's tile table")]
     MissingTile(u32, u32),
     #[error("a JPEG tile decoded to {0} bytes, expected {1}")]
     BadTile(usize, usize),
+}
+
+/// Which decoder a full-size tile goes through (scaled ones always use `jpeg-decoder`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum JpegCodec {
+    /// `zune-jpeg`, falling back to `jpeg-decoder` where it would misread the colour space.
+    #[default]
+    Zune,
+    /// `jpeg-decoder` only (the reader before zune-jpeg; kept for the benchmark).
+    JpegDecoder,
 }
 
 impl DirectReader {
@@ -121,7 +140,54 @@ impl DirectReader {
             file,
             levels: by_level,
             cache: quick_cache::sync::Cache::new(CACHE_TILES),
+            codec: JpegCodec::default(),
         })
+    }
+
+    /// This reader with full-size tiles decoded by `codec`.
+    pub fn with_codec(mut self, codec: JpegCodec) -> DirectReader {
+        self.codec = codec;
+        self
+    }
+
+    /// The complete JPEG stream of tile `index` (row-major) of `level`, tables spliced
+    /// in: what `bench decode` times each decoder on.
+    pub fn tile_stream_at(&self, level: u32, index: u32) -> Result<Vec<u8>, DirectError> {
+        let l = self.level(level)?;
+        self.tile_stream(l, index % l.tiles_across, index / l.tiles_across)
+    }
+
+    /// The compressed size of every tile of `level`, row-major.
+    pub fn tile_byte_counts(&self, level: u32) -> Option<&[u64]> {
+        self.level(level).ok().map(|l| l.byte_counts.as_slice())
+    }
+
+    /// The JPEG tile grid of `level`: tile width and height, tiles across and down.
+    pub fn tile_grid(&self, level: u32) -> Option<(u32, u32, u32, u32)> {
+        let l = self.level(level).ok()?;
+        Some((
+            l.tile_width,
+            l.tile_height,
+            l.tiles_across,
+            l.height.div_ceil(l.tile_height),
+        ))
+    }
+
+    /// Decodes one tile stream of `level` at full size with `codec`, bypassing the cache.
+    pub fn decode_tile(
+        &self,
+        level: u32,
+        stream: &[u8],
+        codec: JpegCodec,
+    ) -> Result<RgbImage, DirectError> {
+        decode(stream, self.level(level)?, 1, codec)
+    }
+
+    fn level(&self, level: u32) -> Result<&TiledLevel, DirectError> {
+        match self.levels.get(level as usize) {
+            Some(Some(l)) => Ok(l),
+            _ => Err(DirectError::LevelNotCovered(level)),
+        }
     }
 
     /// Whether OpenSlide level `level` is read directly.
@@ -139,9 +205,7 @@ impl DirectReader {
         size: (u32, u32),
         scale: u32,
     ) -> Result<RgbImage, DirectError> {
-        let Some(Some(l)) = self.levels.get(level as usize) else {
-            return Err(DirectError::LevelNotCovered(level));
-        };
+        let l = self.level(level)?;
         let s = scale.clamp(1, 8);
         let out_w = size.0.div_ceil(s);
         let out_h = size.1.div_ceil(s);
@@ -198,18 +262,22 @@ impl DirectReader {
     ) -> Result<Arc<RgbImage>, DirectError> {
         let key = (level, ty * l.tiles_across + tx, s as u8);
         self.cache.get_or_insert_with(&key, || {
-            let index = (ty * l.tiles_across + tx) as usize;
-            let (Some(&offset), Some(&count)) = (l.offsets.get(index), l.byte_counts.get(index))
-            else {
-                return Err(DirectError::MissingTile(tx, ty));
-            };
-            let mut bytes = vec![0u8; count as usize];
-            self.file.read_exact_at(&mut bytes, offset)?;
-            let stream = match &l.tables {
-                Some(tables) => splice_tables(tables, &bytes),
-                None => bytes,
-            };
-            decode(&stream, l, s).map(Arc::new)
+            let stream = self.tile_stream(l, tx, ty)?;
+            decode(&stream, l, s, self.codec).map(Arc::new)
+        })
+    }
+
+    /// Tile `(tx, ty)`'s bytes from the file, as a complete JPEG stream.
+    fn tile_stream(&self, l: &TiledLevel, tx: u32, ty: u32) -> Result<Vec<u8>, DirectError> {
+        let index = (ty * l.tiles_across + tx) as usize;
+        let (Some(&offset), Some(&count)) = (l.offsets.get(index), l.byte_counts.get(index)) else {
+            return Err(DirectError::MissingTile(tx, ty));
+        };
+        let mut bytes = vec![0u8; count as usize];
+        self.file.read_exact_at(&mut bytes, offset)?;
+        Ok(match &l.tables {
+            Some(tables) => splice_tables(tables, &bytes),
+            None => bytes,
         })
     }
 }
@@ -225,7 +293,18 @@ fn splice_tables(tables: &[u8], tile: &[u8]) -> Vec<u8> {
     stream
 }
 
-fn decode(stream: &[u8], l: &TiledLevel, s: u32) -> Result<RgbImage, DirectError> {
+fn decode(
+    stream: &[u8],
+    l: &TiledLevel,
+    s: u32,
+    codec: JpegCodec,
+) -> Result<RgbImage, DirectError> {
+    if s == 1
+        && codec == JpegCodec::Zune
+        && let Some(tile) = decode_zune(stream, l)?
+    {
+        return Ok(tile);
+    }
     let mut decoder = jpeg_decoder::Decoder::new(stream);
     decoder.set_color_transform(l.transform);
     decoder.read_info()?;
@@ -245,6 +324,35 @@ fn decode(stream: &[u8], l: &TiledLevel, s: u32) -> Result<RgbImage, DirectError
         return Err(DirectError::BadTile(pixels.len(), expected));
     }
     RgbImage::from_raw(w, h, pixels).ok_or(DirectError::BadTile(0, expected))
+}
+
+/// A full-size tile through `zune-jpeg`; `None` when it would read the stream's colour
+/// space differently from the TIFF's photometric tag (then `jpeg-decoder` decodes it).
+fn decode_zune(stream: &[u8], l: &TiledLevel) -> Result<Option<RgbImage>, DirectError> {
+    use zune_core::colorspace::ColorSpace;
+    let options =
+        zune_core::options::DecoderOptions::default().jpeg_set_out_colorspace(ColorSpace::RGB);
+    let mut decoder = zune_jpeg::JpegDecoder::new_with_options(
+        zune_core::bytestream::ZCursor::new(stream),
+        options,
+    );
+    decoder.decode_headers()?;
+    let expected = match l.transform {
+        ColorTransform::YCbCr => ColorSpace::YCbCr,
+        _ => ColorSpace::RGB,
+    };
+    if decoder.input_colorspace() != Some(expected) {
+        return Ok(None);
+    }
+    let (w, h) = decoder
+        .info()
+        .map_or((0, 0), |i| (u32::from(i.width), u32::from(i.height)));
+    let pixels = decoder.decode()?;
+    let expected = (w * h * 3) as usize;
+    if pixels.len() != expected {
+        return Err(DirectError::BadTile(pixels.len(), expected));
+    }
+    Ok(RgbImage::from_raw(w, h, pixels))
 }
 
 /// Every directory in the file's main chain that this reader can take.

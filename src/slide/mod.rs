@@ -286,6 +286,32 @@ impl Slide {
         self.direct.as_ref().is_some_and(|d| d.covers(level))
     }
 
+    /// The direct reader, where the slide has one (for `bench decode`).
+    pub fn direct_reader(&self) -> Option<&direct::DirectReader> {
+        self.direct.as_ref()
+    }
+
+    /// `size` pixels of `level` from level pixel `origin`, read by OpenSlide alone and
+    /// composited over white (the reference of `bench decode`).
+    pub fn read_level_with_openslide(
+        &self,
+        level: u32,
+        origin: (u32, u32),
+        size: (u32, u32),
+    ) -> Result<RgbImage> {
+        let downsample = self
+            .properties
+            .levels
+            .iter()
+            .find(|l| l.index == level)
+            .map_or(1.0, |l| l.downsample);
+        let address = (
+            (f64::from(origin.0) * downsample).round() as u32,
+            (f64::from(origin.1) * downsample).round() as u32,
+        );
+        self.read_level_rgb(level, address, size)
+    }
+
     /// Replaces the per-read limits.
     pub fn with_limits(mut self, limits: ReadLimits) -> Slide {
         self.limits = limits;

@@ -182,10 +182,7 @@ impl RecipeArgs {
                 let train = pick(self.train_per_class, 16, DEFAULT_TRAIN_PER_CLASS);
                 let val = pick(self.val_per_class, 8, DEFAULT_VAL_PER_CLASS);
                 let test = pick(self.test_per_class, 8, DEFAULT_TEST_PER_CLASS);
-                let kind = match self.kind {
-                    PatchKind::Focal => "focal",
-                    PatchKind::Uniform => "uniform",
-                };
+                let kind = self.kind.name();
                 DataSource::Synthetic {
                     dir: self.out.join(format!(
                         "synthetic-{kind}-{train}-{val}-{test}-seed{}",

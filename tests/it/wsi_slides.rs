@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use image::RgbImage;
+use slidegrade::slide::direct::JpegCodec;
 use slidegrade::slide::{MppSource, ReadLimits, Slide, SlideError, resize_area};
 
 const CMU: &str = "CMU-1-Small-Region.svs";
@@ -447,6 +448,24 @@ fn direct_reads_match_openslide() {
         ));
     }
     for (path, reads) in cases {
+        // Both decoders of full-size tiles give the same pixels (zune-jpeg decodes them
+        // by default; jpeg-decoder decodes scaled ones).
+        let slide = Slide::open(&path, None).unwrap();
+        let direct = slide.direct_reader().unwrap();
+        let (_, _, across, down) = direct.tile_grid(0).unwrap();
+        for index in (0..across * down).step_by(7).take(12) {
+            let stream = direct.tile_stream_at(0, index).unwrap();
+            let zune = direct.decode_tile(0, &stream, JpegCodec::Zune).unwrap();
+            let other = direct
+                .decode_tile(0, &stream, JpegCodec::JpegDecoder)
+                .unwrap();
+            let mad = mean_abs_diff(&zune, &other);
+            assert!(
+                mad <= 0.1,
+                "{}: tile {index}: zune-jpeg and jpeg-decoder differ by {mad:.3}",
+                path.display()
+            );
+        }
         let reference = Slide::open(&path, None).unwrap().without_direct_reader();
         assert!(!reference.reads_directly(0));
         for dct_half in [false, true] {
