@@ -14,13 +14,15 @@
 # 4. real tissue fine-tuned from phase 1's synthetic runs, same folds;
 # 5. the real-tissue family trained on all 200 patches from phase 1's weights, shipped as
 #    models/*-real;
-# 6. every shipped model on the real patches and on the four other-source patches.
+# 6. every shipped model on the real patches and on the four other-source patches;
+# 7. the 2.5× and 1.25× Students fine-tuned on a mixed set (foci and regions), tuned on
+#    generated cores.
 #
 # On resume, phase 1 re-exports models/{teacher-10x,student-*} without the `grading` block
 # that `slidegrade bench cores --write-recommendation` added (and, from an old binary,
 # without the AT+ output): run `git checkout models/` after it unless you mean to re-tune.
 #
-# They run in the order 1, 3, 5, 6, 2, 4: the real-tissue phases are short and answer
+# They run in the order 1, 3, 5, 6, 2, 4, 7: the real-tissue phases are short and answer
 # questions nothing else does, so they come before the long seeds phase.
 # Each phase writes its own section of RESULTS.md. Phases 1–2 are CPU hours on 2 cores.
 set -euo pipefail
@@ -73,4 +75,18 @@ if [[ -d "$real" ]]; then
         --init-from target/distill --out target/distill-real-finetuned \
         --results RESULTS.md --results-section real-cv-finetuned --resume
 fi
+# Whole slides hold regions of one pattern as well as foci; the focal-only 2.5× and 1.25×
+# Students read such regions of G3 as G4. Fine-tuned on a set of both, they are shipped
+# (the Teacher and 5× Student stay the focal ones) when they grade more generated cores
+# exactly than the focal ones (`bench cores`; RESULTS.md, "Students trained on foci and
+# regions").
+phase "7 mixed set: 2.5× and 1.25× Students fine-tuned on foci and regions"
+$train recipe --kind mixed --init-from target/distill --out target/distill-mixed \
+    --student-sizes 32,16 --teacher-epochs 10 --models-dir target/mixed-models \
+    --results RESULTS.md --results-section synthetic-mixed --resume
+$bin bench cores --models-dir target/mixed-models --model student-2p5x \
+    --model student-1p25x --radii 0,1,2,3 --min-areas 0,0.05,0.1,0.2,0.3,0.5,0.75,1 \
+    --write-recommendation
+echo "compare with the focal Students' bench cores, then copy the better ones to models/"
+
 phase "done"

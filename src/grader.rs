@@ -146,9 +146,14 @@ impl MapsAndTables {
 /// The grading flags the `grade` and `serve` commands share.
 #[derive(Debug, Clone, clap::Args)]
 pub struct GradingArgs {
-    /// Tiles per inference batch.
-    #[arg(long, env = "SLIDEGRADE_BATCH_SIZE", default_value_t = 16)]
-    pub batch_size: usize,
+    /// Tiles per inference batch. Default: 16 Teacher tiles' worth of pixels (16 tiles
+    /// of 128 px, 64 of 64 px, 256 of 32 or 16 px).
+    #[arg(long, env = "SLIDEGRADE_BATCH_SIZE")]
+    pub batch_size: Option<usize>,
+    /// Threads that read and decode tiles. Default: half the cores; ONNX Runtime uses
+    /// the rest.
+    #[arg(long, env = "SLIDEGRADE_READ_THREADS")]
+    pub read_threads: Option<usize>,
     /// Minimum share of tissue (0–1) for a tile to be graded.
     #[arg(long, env = "SLIDEGRADE_MIN_TISSUE", default_value_t = 0.25)]
     pub min_tissue: f64,
@@ -183,7 +188,8 @@ impl GradingArgs {
             );
         }
         Ok(GradeOptions {
-            batch_size: self.batch_size.max(1),
+            batch_size: self.batch_size.map(|b| b.max(1)),
+            read_threads: self.read_threads.map(|t| t.max(1)),
             read_ahead: self.read_ahead.max(1),
             min_tissue: self.min_tissue,
             smoothing_radius: self.smoothing_radius,

@@ -140,7 +140,7 @@ pub fn measure(
     batch_size: usize,
 ) -> anyhow::Result<Agreement> {
     let options = GradeOptions {
-        batch_size: batch_size.max(1),
+        batch_size: Some(batch_size.max(1)),
         ..GradeOptions::default()
     };
     let graded = pipeline::grade_slide(slide_path, pool, &options, &mut |_, _| {})?;

@@ -104,7 +104,7 @@ pub fn run(args: &CoresArgs) -> anyhow::Result<()> {
         args.first_seed
     );
     let options = GradeOptions {
-        batch_size: args.batch_size.max(1),
+        batch_size: Some(args.batch_size.max(1)),
         ..GradeOptions::default()
     };
     for model in &models {

@@ -28,11 +28,12 @@ pub struct SlideArgs {
     /// Gradings per model; the table gives medians.
     #[arg(long, default_value_t = 3)]
     pub repeats: usize,
-    #[arg(long, default_value_t = 16)]
-    pub batch_size: usize,
-    /// Threads that decode the tiles of a batch together (0 = every core).
-    #[arg(long, default_value_t = 0)]
-    pub read_threads: usize,
+    /// Tiles per batch (default: the grader's, by tile size).
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Threads that read the tiles (default: the grader's, half the cores).
+    #[arg(long)]
+    pub read_threads: Option<usize>,
     /// Seed of the synthetic benchmark slide.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -62,7 +63,7 @@ pub fn run(args: &SlideArgs) -> anyhow::Result<()> {
     let config = args.engine.init()?;
     let models = load_models(&args.models_dir, &args.models)?;
     let options = GradeOptions {
-        batch_size: args.batch_size.max(1),
+        batch_size: args.batch_size,
         read_threads: args.read_threads,
         ..GradeOptions::default()
     };
@@ -160,13 +161,14 @@ fn table(
     }
     let _ = writeln!(
         s,
-        "\n- Medians of {} gradings per model, batch {}, {} read threads, CPU execution provider; read and infer overlap (reader threads), so `tiles` is their wall time. `write` is result.json and the overlay, on the critical path; `total` is the time to a done grade; the heatmaps and tile tables are written after it (last column).\n",
+        "\n- Medians of {} gradings per model, batch {}, read threads {}, CPU execution provider; read and infer overlap (reader threads), so `tiles` is their wall time. `write` is result.json and the overlay, on the critical path; `total` is the time to a done grade; the heatmaps and tile tables are written after it (last column).\n",
         args.repeats.max(1),
-        args.batch_size,
-        match args.read_threads {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-            n => n,
-        }
+        args.batch_size.map_or_else(
+            || "by tile size (16 tiles of 128 px, 256 of 16 px)".to_string(),
+            |b| b.to_string()
+        ),
+        args.read_threads
+            .unwrap_or_else(crate::grade::pipeline::default_read_threads)
     );
     let _ = writeln!(
         s,

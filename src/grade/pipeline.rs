@@ -25,12 +25,13 @@ use crate::slide::{Slide, SlideError, SlideProperties};
 
 #[derive(Debug, Clone)]
 pub struct GradeOptions {
-    /// Tiles per inference batch.
-    pub batch_size: usize,
+    /// Tiles per inference batch; `None`: [`default_batch_size`] for the model's tiles.
+    pub batch_size: Option<usize>,
     /// Batches the reader may prepare ahead of inference.
     pub read_ahead: usize,
-    /// Threads that read (decode) the tiles of one batch together; 0 = every core.
-    pub read_threads: usize,
+    /// Threads that read (decode) the tiles of one batch together; `None`:
+    /// [`default_read_threads`].
+    pub read_threads: Option<usize>,
     /// A tile is graded when at least this share of it is tissue.
     pub min_tissue: f64,
     /// A tile counts as the most probable class of the mean over its neighbours within
@@ -58,9 +59,9 @@ pub struct GradeOptions {
 impl Default for GradeOptions {
     fn default() -> Self {
         GradeOptions {
-            batch_size: 16,
+            batch_size: None,
             read_ahead: 4,
-            read_threads: 0,
+            read_threads: None,
             min_tissue: 0.25,
             smoothing_radius: None,
             min_pattern_mm2: None,
@@ -295,16 +296,20 @@ pub fn grade_slide(
     let mut stitch = Duration::ZERO;
     let mut infer = Duration::ZERO;
     let mut read = Duration::ZERO;
-    let read_threads = match options.read_threads {
-        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-        n => n,
-    };
+    let read_threads = options
+        .read_threads
+        .unwrap_or_else(default_read_threads)
+        .max(1);
+    let batch_size = options
+        .batch_size
+        .unwrap_or_else(|| default_batch_size(tile_px))
+        .max(1);
     std::thread::scope(|scope| -> Result<(), GradeError> {
         let (sender, receiver) = sync_channel::<Batch>(options.read_ahead.max(1));
         let slide = &slide;
         let grid = &grid;
         scope.spawn(move || {
-            for chunk in grid.tiles.chunks(options.batch_size.max(1)) {
+            for chunk in grid.tiles.chunks(batch_size) {
                 let t = Instant::now();
                 // One read per tile. Reading each run of adjacent tiles in one call and
                 // cutting it up measured no faster (BENCHMARKS.md): OpenSlide caches the
@@ -450,6 +455,23 @@ pub fn tally(
         confidence: (tissue_area_mm2 > 0.0).then(|| confidence_sum / tissue_area_mm2),
         tissue_area_mm2,
     }
+}
+
+/// Tiles per batch when none is set: the pixels of 16 Teacher tiles (16 × 128²), at most
+/// 256 tiles. A batch then holds about the same memory and takes about as long whatever
+/// the model, and small tiles are not run 16 at a time: the 1.25× Student (16 px) went
+/// from 29,000 to 33,000 tiles/s between batches of 16 and 64 (BENCHMARKS.md).
+pub fn default_batch_size(tile_px: u32) -> usize {
+    let pixels = 16 * 128 * 128;
+    let per_tile = (tile_px.max(1) as usize).pow(2);
+    (pixels / per_tile).clamp(1, 256)
+}
+
+/// Reader threads when none is set: half the cores (at least one), the other half being
+/// ONNX Runtime's. On 2 cores a second reader slowed the 1.25× Student's grade (816
+/// against 745 ms, BENCHMARKS.md): it takes a core from inference, which is the wall.
+pub fn default_read_threads() -> usize {
+    (std::thread::available_parallelism().map_or(1, |n| n.get()) / 2).max(1)
 }
 
 /// `read` of every tile of a batch, in order, split over up to `threads` threads. Both
