@@ -217,6 +217,7 @@ async fn upload_poll_and_fetch_every_output() {
     for (path, content_type) in [
         ("overlay.png", "image/png"),
         ("heatmap/G3.png", "image/png"),
+        ("attention/G3.png", "image/png"),
         ("tiles.geojson", "application/geo+json"),
         ("tiles.csv", "text/csv"),
     ] {
@@ -235,8 +236,10 @@ async fn upload_poll_and_fetch_every_output() {
         assert_eq!(response.headers()["content-type"], content_type);
         assert!(!response.bytes().await.unwrap().is_empty());
     }
-    let response = get(format!("/v1/jobs/{id}/heatmap/..%2Fresult.png")).await;
-    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    for kind in ["heatmap", "attention"] {
+        let response = get(format!("/v1/jobs/{id}/{kind}/..%2Fresult.png")).await;
+        assert_eq!(response.status(), StatusCode::NOT_FOUND, "{kind}");
+    }
 
     // What a client sees of a done job whose maps and tables are still being written,
     // and of one where writing them failed (the markers a worker leaves; issue 16 §3).

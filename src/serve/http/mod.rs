@@ -50,6 +50,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/jobs/{id}/result", get(results::job_result))
         .route("/v1/jobs/{id}/overlay.png", get(results::job_overlay))
         .route("/v1/jobs/{id}/heatmap/{file}", get(results::job_heatmap))
+        .route(
+            "/v1/jobs/{id}/attention/{file}",
+            get(results::job_attention),
+        )
         .route("/v1/jobs/{id}/tiles.geojson", get(results::job_geojson))
         .route("/v1/jobs/{id}/tiles.csv", get(results::job_csv))
         .route("/v1/jobs/{id}/fhir", get(lims::job_fhir))

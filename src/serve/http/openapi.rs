@@ -25,6 +25,7 @@ use axum::response::Html;
         super::results::job_result,
         super::results::job_overlay,
         super::results::job_heatmap,
+        super::results::job_attention,
         super::results::job_geojson,
         super::results::job_csv,
         super::lims::job_fhir,

@@ -122,18 +122,38 @@ pub(super) async fn job_heatmap(
     headers: HeaderMap,
     axum::extract::Path((id, file)): axum::extract::Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let class = file.strip_suffix(".png").unwrap_or(&file);
+    class_map(&state, &headers, &id, &file, "heatmap").await
+}
+
+#[utoipa::path(get, path = "/v1/jobs/{id}/attention/{file}", tag = "results", description = "One class's AT+ map PNG (the map AT+ distils, Σ_k ReLU(α_ck A_k); one pixel per CAM cell, placed like the heatmap), for models that export it: result.json `heatmap.attention_layers`. Role: read.", params(("id" = String, Path, description = "job id"), ("file" = String, Path, description = "`<class stem>.png`, as in result.json `heatmap.attention_layers[].file`")), responses((status = 200, description = "PNG", body = Vec<u8>, content_type = "image/png"), JobErrors, KeyedErrors))]
+pub(super) async fn job_attention(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    axum::extract::Path((id, file)): axum::extract::Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    class_map(&state, &headers, &id, &file, "attention").await
+}
+
+/// `<kind>_<class>.png` of a job, where `file` is `<class>.png` and names no other file.
+async fn class_map(
+    state: &AppState,
+    headers: &HeaderMap,
+    id: &str,
+    file: &str,
+    kind: &str,
+) -> Result<Response, ApiError> {
+    let class = file.strip_suffix(".png").unwrap_or(file);
     let safe = crate::output::images::sanitise_file_stem(class);
     if safe != class {
         return Err(ApiError::NotFound(format!(
-            "no heatmap for class `{class}`"
+            "no {kind} map for class `{class}`"
         )));
     }
     job_file(
-        &state,
-        &headers,
-        &id,
-        &format!("heatmap_{safe}.png"),
+        state,
+        headers,
+        id,
+        &format!("{kind}_{safe}.png"),
         "image/png",
     )
     .await
