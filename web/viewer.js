@@ -22,7 +22,8 @@
       slideOpen: false,
       slideWidth: 0,
       result: null,
-      overlays: new Map(), // class → OpenSeadragon.TiledImage
+      overlays: new Map(), // class → OpenSeadragon.TiledImage (Grad-CAM)
+      attentionOverlays: new Map(), // class → OpenSeadragon.TiledImage (AT+ map)
       blobUrls: [],
       overlaysAdded: false,
       slideRequested: false,
@@ -361,7 +362,10 @@
       ['HL7 v2', `/v1/jobs/${id}/hl7`],
     ];
     for (const layer of r.heatmap.layers) {
-      outputs.push([layer.file, heatmapPath(id, layer)]);
+      outputs.push([layer.file, mapPath(id, 'heatmap', layer)]);
+    }
+    for (const layer of r.heatmap.attention_layers || []) {
+      outputs.push([layer.file, mapPath(id, 'attention', layer)]);
     }
     const list = byId('outputs');
     list.replaceChildren();
@@ -476,9 +480,11 @@
     });
   }
 
-  function heatmapPath(id, layer) {
-    const stem = layer.file.replace(/^heatmap_/, '').replace(/\.png$/, '');
-    return `/v1/jobs/${id}/heatmap/${encodeURIComponent(stem)}.png`;
+  // `kind` is `heatmap` (Grad-CAM) or `attention` (the AT+ map); both are served as
+  // /v1/jobs/{id}/<kind>/<class stem>.png.
+  function mapPath(id, kind, layer) {
+    const stem = layer.file.replace(new RegExp(`^${kind}_`), '').replace(/\.png$/, '');
+    return `/v1/jobs/${id}/${kind}/${encodeURIComponent(stem)}.png`;
   }
 
   // The class shown first: the primary Gleason pattern's, else the largest class
@@ -513,12 +519,17 @@
       select.append(new Option(layer.class, layer.class));
     }
     select.value = defaultClass(r);
-    await Promise.all(g.layers.map(async (layer) => {
+    // Grad-CAM in `overlays`, the AT+ map (where the model exports it) in
+    // `attentionOverlays`, both by class.
+    const layers = g.layers.map((layer) => ['heatmap', layer])
+      .concat((g.attention_layers || []).map((layer) => ['attention', layer]));
+    await Promise.all(layers.map(async ([kind, layer]) => {
+      const label = kind === 'heatmap' ? 'Heatmap' : 'AT+ map';
       let url;
       try {
-        url = URL.createObjectURL(await (await api(heatmapPath(mine.id, layer))).blob());
+        url = URL.createObjectURL(await (await api(mapPath(mine.id, kind, layer))).blob());
       } catch (e) {
-        showMessage(`Heatmap ${layer.class}: ${e.message}`);
+        showMessage(`${label} ${layer.class}: ${e.message}`);
         return;
       }
       mine.blobUrls.push(url);
@@ -531,12 +542,12 @@
           opacity: 0,
           success: (event) => {
             if (mine === current) {
-              mine.overlays.set(layer.class, event.item);
+              (kind === 'heatmap' ? mine.overlays : mine.attentionOverlays).set(layer.class, event.item);
             }
             resolve();
           },
           error: (event) => {
-            showMessage(`Heatmap ${layer.class}: ${event.message}`);
+            showMessage(`${label} ${layer.class}: ${event.message}`);
             resolve();
           },
         });
@@ -548,6 +559,7 @@
     for (const id of ['overlay-on', 'overlay-class', 'opacity']) {
       byId(id).disabled = false;
     }
+    byId('overlay-map').disabled = mine.attentionOverlays.size === 0;
     applyOverlay();
   }
 
@@ -555,24 +567,32 @@
     return byId('overlay-on').checked ? Number(byId('opacity').value) / 100 : 0;
   }
 
+  // The selected map's layer of the selected class, or undefined.
+  function shownItem() {
+    const maps = byId('overlay-map').value === 'attention' ? current.attentionOverlays : current.overlays;
+    return maps.get(byId('overlay-class').value);
+  }
+
   function applyOverlay() {
-    const shown = byId('overlay-class').value;
+    const shown = shownItem();
     const opacity = overlayOpacity();
-    for (const [cls, item] of current.overlays) {
-      item.setOpacity(cls === shown ? opacity : 0);
+    for (const item of [...current.overlays.values(), ...current.attentionOverlays.values()]) {
+      item.setOpacity(item === shown ? opacity : 0);
     }
   }
 
   function resetOverlayControls() {
-    for (const id of ['overlay-on', 'overlay-class', 'opacity']) {
+    for (const id of ['overlay-on', 'overlay-class', 'overlay-map', 'opacity']) {
       byId(id).disabled = true;
     }
     byId('overlay-class').replaceChildren();
+    byId('overlay-map').value = 'heatmap';
   }
 
   function setupOverlayControls() {
     byId('overlay-on').addEventListener('change', applyOverlay);
     byId('overlay-class').addEventListener('change', applyOverlay);
+    byId('overlay-map').addEventListener('change', applyOverlay);
     byId('opacity').addEventListener('input', applyOverlay);
     const stops = [];
     for (let i = 0; i <= 16; i++) {
@@ -603,7 +623,7 @@
     overlayOpacity,
     // The shown heatmap's OpenSeadragon state: opacity and placement in viewport units.
     shownOverlay() {
-      const item = current.overlays.get(byId('overlay-class').value);
+      const item = shownItem();
       if (!item) {
         return null;
       }

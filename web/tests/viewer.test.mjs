@@ -284,6 +284,27 @@ test('the viewer grades an uploaded slide and lays its heatmap over the slide',
       const hidden = await page.evaluate((cls) => window.slidegrade.current.overlays.get(cls).getOpacity(), before);
       assert.equal(hidden, 0);
       await page.selectOption('#overlay-class', before);
+      // The AT+ map (the random model exports one): the same class's AT+ layer is shown
+      // at the same opacity and place, its Grad-CAM layer hidden, and back.
+      const attention = await page.evaluate(() => window.slidegrade.current.result.heatmap.attention_layers.length);
+      assert.ok(attention >= 2, `attention layers: ${attention}`);
+      assert.equal(await page.isDisabled('#overlay-map'), false);
+      await page.selectOption('#overlay-map', 'attention');
+      const atPlus = await page.evaluate((cls) => {
+        const { current } = window.slidegrade;
+        return {
+          shown: window.slidegrade.shownOverlay(),
+          isAttention: current.attentionOverlays.get(cls) !== undefined
+            && current.attentionOverlays.get(cls).getOpacity() > 0,
+          gradCam: current.overlays.get(cls).getOpacity(),
+        };
+      }, before);
+      assert.equal(atPlus.shown.opacity, 0.6);
+      assert.ok(atPlus.isAttention);
+      assert.equal(atPlus.gradCam, 0);
+      assert.ok(Math.abs(atPlus.shown.width - placement.bounds.width) < 1e-9);
+      await page.selectOption('#overlay-map', 'heatmap');
+      assert.equal(await opacity(), 0.6);
 
       await page.waitForFunction(() => {
         const { viewer, current } = window.slidegrade;
