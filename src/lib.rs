@@ -14,6 +14,7 @@
 //! [`train`] (the distillation harness, feature `train`) and [`bench`].
 
 pub mod telemetry;
+pub mod threads;
 
 pub mod slide;
 

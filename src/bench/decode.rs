@@ -50,7 +50,7 @@ pub fn run(args: &DecodeArgs) -> anyhow::Result<()> {
     } else {
         args.levels.clone()
     };
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cores = crate::threads::cores();
 
     let mut s = String::new();
     let _ = writeln!(s, "### Decoding a level's JPEG tiles\n\n{}", header());
@@ -109,16 +109,13 @@ pub fn run(args: &DecodeArgs) -> anyhow::Result<()> {
         let jpeg_decoder = timed(&|| decode_all(&streams, JpegCodec::JpegDecoder))?;
         let zune = timed(&|| decode_all(&streams, JpegCodec::Zune))?;
         let zune_all_cores = timed(&|| {
-            std::thread::scope(|scope| {
-                let parts: Vec<_> = streams
-                    .chunks(streams.len().div_ceil(cores))
-                    .map(|part| scope.spawn(move || decode_all(part, JpegCodec::Zune)))
-                    .collect();
-                parts.into_iter().try_for_each(|p| {
-                    p.join()
-                        .unwrap_or_else(|_| Err(anyhow::anyhow!("decoder thread panicked")))
-                })
-            })
+            crate::threads::map_in_order(
+                &streams,
+                cores,
+                |stream| direct.decode_tile(level, stream, JpegCodec::Zune).map(drop),
+                || crate::slide::direct::DirectError::DecoderPanicked,
+            )?;
+            Ok(())
         })?;
         let mut seconds = Vec::new();
         for _ in 0..args.repeats.max(1) {

@@ -158,7 +158,7 @@ pub fn generate(cfg: &SynthSetConfig) -> Result<DataSet> {
         }
     }
     let threads = if cfg.threads == 0 {
-        std::thread::available_parallelism().map_or(1, |n| n.get())
+        crate::threads::cores()
     } else {
         cfg.threads
     };

@@ -323,7 +323,15 @@ pub fn grade_slide(
                         model_mpp,
                     )
                 };
-                let images = read_in_parallel(chunk, read_threads, read);
+                // Several threads may share the slide: the direct reader's tile cache
+                // makes a second thread wanting the same JPEG tile wait for the first
+                // one's decode instead of repeating it, and OpenSlide handles are
+                // thread-safe.
+                let images = crate::threads::map_in_order(chunk, read_threads, read, || {
+                    SlideError::Corrupt {
+                        detail: "a tile reader thread panicked".into(),
+                    }
+                });
                 let failed = images.is_err();
                 let batch = images.map(|images| (chunk.to_vec(), images, t.elapsed()));
                 // A closed channel means the consumer gave up; stop reading.
@@ -471,36 +479,7 @@ pub fn default_batch_size(tile_px: u32) -> usize {
 /// ONNX Runtime's. On 2 cores a second reader slowed the 1.25× Student's grade (816
 /// against 745 ms, BENCHMARKS.md): it takes a core from inference, which is the wall.
 pub fn default_read_threads() -> usize {
-    (std::thread::available_parallelism().map_or(1, |n| n.get()) / 2).max(1)
-}
-
-/// `read` of every tile of a batch, in order, split over up to `threads` threads. Both
-/// readers are safe to share: the direct reader's tile cache makes a second thread
-/// wanting the same JPEG tile wait for the first one's decode instead of repeating it,
-/// and OpenSlide handles are thread-safe.
-fn read_in_parallel(
-    tiles: &[TileSpec],
-    threads: usize,
-    read: impl Fn(&TileSpec) -> Result<RgbImage, SlideError> + Sync,
-) -> Result<Vec<RgbImage>, SlideError> {
-    if threads <= 1 || tiles.len() <= 1 {
-        return tiles.iter().map(&read).collect();
-    }
-    let read = &read;
-    std::thread::scope(|scope| {
-        let parts: Vec<_> = tiles
-            .chunks(tiles.len().div_ceil(threads))
-            .map(|part| scope.spawn(move || part.iter().map(read).collect::<Result<Vec<_>, _>>()))
-            .collect();
-        let mut images = Vec::with_capacity(tiles.len());
-        for part in parts {
-            let part = part.join().map_err(|_| SlideError::Corrupt {
-                detail: "a tile reader thread panicked".into(),
-            })??;
-            images.extend(part);
-        }
-        Ok(images)
-    })
+    (crate::threads::cores() / 2).max(1)
 }
 
 /// Runs every batch from the reader through the engine, in order.
@@ -534,37 +513,6 @@ fn consume(
 mod tests {
     use super::*;
     use crate::slide::{Level, MppSource};
-
-    #[test]
-    fn tiles_read_in_parallel_keep_their_order_and_errors() {
-        let tiles: Vec<TileSpec> = (0..23)
-            .map(|i| TileSpec {
-                col: i,
-                row: 0,
-                x: f64::from(i),
-                y: 0.0,
-                side: 1.0,
-                tissue_fraction: 1.0,
-            })
-            .collect();
-        let read = |t: &TileSpec| Ok(RgbImage::from_pixel(1, 1, image::Rgb([t.col as u8; 3])));
-        for threads in [1, 2, 3, 8, 64] {
-            let images = read_in_parallel(&tiles, threads, read).unwrap();
-            let order: Vec<u8> = images.iter().map(|i| i.get_pixel(0, 0)[0]).collect();
-            assert_eq!(order, (0..23).collect::<Vec<u8>>(), "{threads} threads");
-        }
-        let failing = |t: &TileSpec| {
-            if t.col == 17 {
-                Err(SlideError::Corrupt {
-                    detail: "tile 17".into(),
-                })
-            } else {
-                read(t)
-            }
-        };
-        let e = read_in_parallel(&tiles, 4, failing).unwrap_err();
-        assert!(e.to_string().contains("tile 17"), "{e}");
-    }
 
     fn props(w: u32, h: u32, mpp: f64) -> SlideProperties {
         SlideProperties {

@@ -284,37 +284,17 @@ impl DirectReader {
         needed: &[(u32, u32)],
         s: u32,
     ) -> Result<Vec<Arc<RgbImage>>, DirectError> {
-        // Asked once: `available_parallelism` reads cgroup files on every call, which cost
-        // more than decoding when it ran for each grid tile.
-        static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
         let threads = if needed.len() < PARALLEL_FROM_TILES {
             1
         } else {
-            *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+            crate::threads::cores()
         };
-        if threads == 1 {
-            return needed
-                .iter()
-                .map(|&(tx, ty)| self.tile(level, l, tx, ty, s))
-                .collect();
-        }
-        std::thread::scope(|scope| {
-            let parts: Vec<_> = needed
-                .chunks(needed.len().div_ceil(threads))
-                .map(|part| {
-                    scope.spawn(move || {
-                        part.iter()
-                            .map(|&(tx, ty)| self.tile(level, l, tx, ty, s))
-                            .collect::<Result<Vec<_>, _>>()
-                    })
-                })
-                .collect();
-            let mut tiles = Vec::with_capacity(needed.len());
-            for part in parts {
-                tiles.extend(part.join().map_err(|_| DirectError::DecoderPanicked)??);
-            }
-            Ok(tiles)
-        })
+        crate::threads::map_in_order(
+            needed,
+            threads,
+            |&(tx, ty)| self.tile(level, l, tx, ty, s),
+            || DirectError::DecoderPanicked,
+        )
     }
 
     /// Tile `(tx, ty)` of `level` decoded at 1/`s`, from the cache or the file.

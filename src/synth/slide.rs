@@ -368,7 +368,7 @@ impl SlideSpec {
         if self.threads > 0 {
             self.threads
         } else {
-            std::thread::available_parallelism().map_or(1, |n| n.get())
+            crate::threads::cores()
         }
     }
 }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 /// Top-level modules in data-path order. A module may use its own stage's modules only
 /// when they are the same top-level module, and any module of an earlier stage.
 const STAGES: &[&[&str]] = &[
-    &["telemetry"],
+    &["telemetry", "threads"],
     &["slide"],
     &["model"],
     &["grade", "build"],
