@@ -59,6 +59,7 @@ pub struct CoresArgs {
 /// One generated core and its truth.
 struct Core {
     path: PathBuf,
+    spec: SlideSpec,
     truth: SlideTruth,
 }
 
@@ -72,15 +73,13 @@ fn cores(args: &CoresArgs) -> anyhow::Result<Vec<Core>> {
             let path = args.dir.join(format!("core-{seed}.tiff"));
             let truth_path = args.dir.join(format!("core-{seed}_truth.json"));
             // The same 6 × 2 mm, 20× geometry as the ground-truth test.
+            let spec = SlideSpec::with_pattern(12_288, 4_096, 0.5, seed, pattern);
             let truth = match std::fs::read_to_string(&truth_path) {
                 Ok(text) if path.exists() => serde_json::from_str(&text)
                     .with_context(|| format!("cannot parse {}", truth_path.display()))?,
-                _ => write_slide(
-                    &path,
-                    &SlideSpec::with_pattern(12_288, 4_096, 0.5, seed, pattern),
-                )?,
+                _ => write_slide(&path, &spec)?,
             };
-            out.push(Core { path, truth });
+            out.push(Core { path, spec, truth });
         }
     }
     Ok(out)
@@ -113,10 +112,12 @@ pub fn run(args: &CoresArgs) -> anyhow::Result<()> {
         let patterns = class_patterns(&manifest)?;
         // Inferred once; the rule's settings are applied to these outputs below.
         let mut inferred: Vec<(Vec<(TileSpec, TileOutput)>, f64)> = Vec::new();
+        let mut grids = Vec::new();
         for core in &cores {
             let graded = pipeline::grade_slide(&core.path, &pool, &options, &mut |_, _| {})?;
             let um2_per_px = graded.slide.mpp_x * graded.slide.mpp_y;
             inferred.push((graded.tiles, um2_per_px));
+            grids.push(graded.grid);
         }
         let _ = writeln!(s, "#### {}\n", manifest.name);
         let mut head = "| radius |".to_string();
@@ -187,6 +188,34 @@ pub fn run(args: &CoresArgs) -> anyhow::Result<()> {
                 }
             }
             let _ = writeln!(s);
+            // The pointing game with the rule the grader uses now (model.json's, or the
+            // default), not the best above: that is what users see.
+            let rule_radius = manifest
+                .grading
+                .as_ref()
+                .map_or(pipeline::DEFAULT_SMOOTHING_RADIUS, |g| g.smoothing_radius);
+            let _ = writeln!(
+                s,
+                "Pointing game with the model's grading rule (smoothing radius {rule_radius}): the peak of each predicted, present pattern's map within one map cell of its true region. The maps weighted by each tile's own probability (radius 0), and by the smoothed probability the grade counts with (what the grader does):\n\n| map weight | Grad-CAM | AT+ map |\n|---|---|---|"
+            );
+            for weight_radius in [0, rule_radius] {
+                let (hits, attention_hits) = pointing_game(
+                    &manifest,
+                    &patterns,
+                    &inferred,
+                    &grids,
+                    &cores,
+                    rule_radius,
+                    weight_radius,
+                );
+                let _ = writeln!(
+                    s,
+                    "| radius {weight_radius} | {} | {} |",
+                    hits.fraction(),
+                    attention_hits.fraction()
+                );
+            }
+            let _ = writeln!(s);
             if args.write_recommendation {
                 let mut manifest = manifest.clone();
                 manifest.grading = Some(GradingDefaults {
@@ -211,4 +240,80 @@ pub fn run(args: &CoresArgs) -> anyhow::Result<()> {
     }
     print!("{s}");
     Ok(())
+}
+
+/// Hits out of pointings.
+#[derive(Default)]
+struct Hits {
+    hits: usize,
+    pointings: usize,
+}
+
+impl Hits {
+    fn add(&mut self, hit: bool) {
+        self.pointings += 1;
+        self.hits += usize::from(hit);
+    }
+
+    fn fraction(&self) -> String {
+        if self.pointings == 0 {
+            return "–".into();
+        }
+        format!(
+            "{}/{} ({:.1}%)",
+            self.hits,
+            self.pointings,
+            100.0 * self.hits as f64 / self.pointings as f64
+        )
+    }
+}
+
+/// The pointing game of `tests/it/grade_synthetic.rs` on the tuning cores: for each
+/// Gleason pattern both present in the truth and predicted (the tiles' calls smoothed over
+/// `radius` tiles), whether the peak of its map, each tile weighted by its probabilities
+/// smoothed over `weight_radius` tiles, lies within one map cell of its true region; on
+/// Grad-CAM and, where the model exports them, the AT+ maps.
+fn pointing_game(
+    manifest: &contract::Manifest,
+    patterns: &[u8],
+    inferred: &[(Vec<(TileSpec, TileOutput)>, f64)],
+    grids: &[crate::grade::tiling::TileGrid],
+    cores: &[Core],
+    radius: u32,
+    weight_radius: u32,
+) -> (Hits, Hits) {
+    let (mut cam, mut attention) = (Hits::default(), Hits::default());
+    for (((tiles, um2), grid), core) in inferred.iter().zip(grids).zip(cores) {
+        let tally = pipeline::tally(tiles, &manifest.classes, patterns, *um2, radius);
+        let weights = pipeline::tally(tiles, &manifest.classes, patterns, *um2, weight_radius);
+        let (heatmaps, attention_maps) =
+            pipeline::stitch_maps(manifest, grid, tiles, &weights.smoothed_probabilities);
+        let mask = core.spec.mask();
+        let truth = &core.truth.areas_mm2;
+        for (c, &pattern) in patterns.iter().enumerate() {
+            let true_area = match pattern {
+                3 => truth.g3,
+                4 => truth.g4,
+                5 => truth.g5,
+                _ => continue,
+            };
+            let predicted = tally
+                .class_areas_mm2
+                .get(&manifest.classes[c])
+                .copied()
+                .unwrap_or(0.0);
+            if true_area <= 0.0 || predicted <= 0.0 {
+                continue;
+            }
+            let hit = |maps: &crate::grade::heatmaps::Heatmaps| {
+                maps.peak(c)
+                    .is_some_and(|peak| core.spec.mask_holds_near(&mask, peak, maps.cell_side, c))
+            };
+            cam.add(hit(&heatmaps));
+            if let Some(maps) = &attention_maps {
+                attention.add(hit(maps));
+            }
+        }
+    }
+    (cam, attention)
 }

@@ -3,9 +3,14 @@
 //!
 //! Every tile contributes its `h × w` CAM cells at `(col·w + i, row·h + j)`, so the
 //! canvas is `cols·w × rows·h` cells and one cell spans `side / w` level-0 pixels. Raw CAM
-//! values are multiplied by the tile's probability of that class: Grad-CAM says *where* a
-//! class's evidence is within a tile but not *how likely* the class is, and a slide map
-//! should show the second as well. Cells of tiles that were not inferred stay 0.
+//! values are multiplied by a weight per tile and class: Grad-CAM says *where* a class's
+//! evidence is within a tile but not *how likely* the class is, and a slide map should show
+//! the second as well. The grader passes each tile's probabilities averaged over its
+//! neighbourhood, the same ones the grade counts with (`grade::pipeline::stitch_maps`):
+//! weighted by its own probability alone, a lone misread tile the grade discards could be
+//! the map's peak, and on 81 generated tuning cores the 1.25× Student's peak fell on the
+//! wrong pattern 15 times in 117, against 4 with the smoothed weight (RESULTS.md). Cells of
+//! tiles that were not inferred stay 0.
 
 use serde::Serialize;
 
@@ -38,18 +43,12 @@ impl Heatmaps {
     }
 
     /// Places one tile's maps (`cells`, `[C, h, w]`: its Grad-CAM or its AT+ maps),
-    /// weighted by the tile's class probabilities.
-    pub fn add(
-        &mut self,
-        tile: &TileSpec,
-        probabilities: &[f32],
-        cells: &[f32],
-        cam_grid: [u32; 2],
-    ) {
+    /// weighted per class by `weights` (the grader passes smoothed probabilities).
+    pub fn add(&mut self, tile: &TileSpec, weights: &[f32], cells: &[f32], cam_grid: [u32; 2]) {
         let [h, w] = cam_grid.map(|v| v as usize);
         let per_class = h * w;
         for (c, map) in self.maps.iter_mut().enumerate() {
-            let p = probabilities.get(c).copied().unwrap_or(0.0);
+            let p = weights.get(c).copied().unwrap_or(0.0);
             let Some(cam) = cells.get(c * per_class..(c + 1) * per_class) else {
                 continue;
             };

@@ -1,9 +1,10 @@
-//! Grades one slide: open → tissue → tile grid → read ∥ infer → stitch → grade.
+//! Grades one slide: open → tissue → tile grid → read ∥ infer → grade → stitch.
 //!
 //! Reading and inference overlap: a reader thread cuts tiles through the slide reader and
 //! sends batches over a bounded channel, and the calling thread runs them through the
-//! engine pool and stitches the CAMs as they arrive. The channel bound keeps memory flat
-//! on huge slides: the reader can be at most `read_ahead` batches ahead.
+//! engine pool. The channel bound keeps memory flat on huge slides: the reader can be at
+//! most `read_ahead` batches ahead. The maps are stitched after the tally, because each
+//! tile's weight is its neighbourhood-smoothed probability ([`stitch_maps`]).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -281,19 +282,11 @@ pub fn grade_slide(
     );
     times.tissue_ms = ms(t.elapsed());
 
-    let cam_grid = manifest.outputs.cam_grid;
-    let mut heatmaps = Heatmaps::new(&manifest.classes, &grid, cam_grid);
-    let mut attention = manifest
-        .outputs
-        .attention
-        .is_some()
-        .then(|| Heatmaps::new(&manifest.classes, &grid, cam_grid));
     let mut tiles: Vec<(TileSpec, TileOutput)> = Vec::with_capacity(grid.tiles.len());
     let total = grid.tiles.len();
     progress(0, total);
 
     let t_tiles = Instant::now();
-    let mut stitch = Duration::ZERO;
     let mut infer = Duration::ZERO;
     let mut read = Duration::ZERO;
     let read_threads = options
@@ -348,15 +341,7 @@ pub fn grade_slide(
             |specs, outputs, read_time, infer_time| {
                 read += read_time;
                 infer += infer_time;
-                let t = Instant::now();
-                for (spec, output) in specs.into_iter().zip(outputs) {
-                    heatmaps.add(&spec, &output.probabilities, &output.cam, cam_grid);
-                    if let Some(maps) = attention.as_mut() {
-                        maps.add(&spec, &output.probabilities, &output.attention, cam_grid);
-                    }
-                    tiles.push((spec, output));
-                }
-                stitch += t.elapsed();
+                tiles.extend(specs.into_iter().zip(outputs));
                 progress(tiles.len(), total);
             },
         )
@@ -364,7 +349,6 @@ pub fn grade_slide(
     times.tiles_wall_ms = ms(t_tiles.elapsed());
     times.read_ms = ms(read);
     times.infer_ms = ms(infer);
-    times.stitch_ms = ms(stitch);
 
     let um2_per_px = props.mpp_x * props.mpp_y;
     let tally = tally(
@@ -374,6 +358,10 @@ pub fn grade_slide(
         um2_per_px,
         smoothing_radius,
     );
+    let t = Instant::now();
+    let (heatmaps, attention) =
+        stitch_maps(&manifest, &grid, &tiles, &tally.smoothed_probabilities);
+    times.stitch_ms = ms(t.elapsed());
     let outcome = if tiles.is_empty() {
         Outcome::NoTissue
     } else {
@@ -401,9 +389,38 @@ pub fn grade_slide(
     })
 }
 
+/// The slide maps of inferred tiles: Grad-CAM per class and, for models that export
+/// them, the AT+ maps. Each tile's maps are weighted by its smoothed probabilities (the
+/// neighbourhood mean the grade counts with, `smoothed[i]` for `tiles[i]`), so that a lone
+/// tile the grade discards does not become the map's brightest spot.
+pub fn stitch_maps(
+    manifest: &Manifest,
+    grid: &TileGrid,
+    tiles: &[(TileSpec, TileOutput)],
+    smoothed: &[Vec<f32>],
+) -> (Heatmaps, Option<Heatmaps>) {
+    let cam_grid = manifest.outputs.cam_grid;
+    let mut heatmaps = Heatmaps::new(&manifest.classes, grid, cam_grid);
+    let mut attention = manifest
+        .outputs
+        .attention
+        .is_some()
+        .then(|| Heatmaps::new(&manifest.classes, grid, cam_grid));
+    for ((spec, output), weights) in tiles.iter().zip(smoothed) {
+        heatmaps.add(spec, weights, &output.cam, cam_grid);
+        if let Some(maps) = attention.as_mut() {
+            maps.add(spec, weights, &output.attention, cam_grid);
+        }
+    }
+    (heatmaps, attention)
+}
+
 /// The tiles' calls summed into areas.
 pub struct Tally {
-    /// The class index each tile counts as, after neighbourhood smoothing.
+    /// Each tile's class probabilities averaged over its neighbourhood
+    /// ([`rule::smoothed_probabilities`]).
+    pub smoothed_probabilities: Vec<Vec<f32>>,
+    /// The class index each tile counts as: the argmax of its smoothed probabilities.
     pub tile_classes: Vec<usize>,
     /// Tissue area per class name, mm².
     pub class_areas_mm2: BTreeMap<String, f64>,
@@ -437,7 +454,8 @@ pub fn tally(
         .iter()
         .map(|(_, output)| output.probabilities.as_slice())
         .collect();
-    let tile_classes = rule::tile_classes(&specs, &probabilities, radius);
+    let smoothed_probabilities = rule::smoothed_probabilities(&specs, &probabilities, radius);
+    let tile_classes = rule::tile_classes_of(&smoothed_probabilities);
     let mut class_areas_mm2: BTreeMap<String, f64> =
         classes.iter().map(|c| (c.clone(), 0.0)).collect();
     let mut areas = PatternAreas::default();
@@ -457,6 +475,7 @@ pub fn tally(
         tissue_area_mm2 += area;
     }
     Tally {
+        smoothed_probabilities,
         tile_classes,
         class_areas_mm2,
         areas,

@@ -97,10 +97,16 @@ pub fn isup_grade_group(primary: u8, secondary: u8) -> u8 {
     }
 }
 
-/// The class each tile counts as (see the module docs): the argmax of the mean
-/// probabilities over the tiles present within `radius` grid steps, the tile included.
-/// `probabilities[i]` belongs to `tiles[i]`; NaN never wins.
-pub fn tile_classes(tiles: &[TileSpec], probabilities: &[&[f32]], radius: u32) -> Vec<usize> {
+/// Each tile's class probabilities averaged with those of the tiles present within
+/// `radius` grid steps, the tile included (see the module docs). `probabilities[i]`
+/// belongs to `tiles[i]`; a non-finite value counts as 0. The grade counts each tile as the
+/// argmax of this ([`tile_classes`]), and the slide maps weight each tile's map by it
+/// (`grade::heatmaps`), so that both see the same neighbourhood.
+pub fn smoothed_probabilities(
+    tiles: &[TileSpec],
+    probabilities: &[&[f32]],
+    radius: u32,
+) -> Vec<Vec<f32>> {
     let at: HashMap<(u32, u32), usize> = tiles
         .iter()
         .enumerate()
@@ -112,6 +118,7 @@ pub fn tile_classes(tiles: &[TileSpec], probabilities: &[&[f32]], radius: u32) -
         .zip(probabilities)
         .map(|(tile, own)| {
             let mut sum = vec![0f32; own.len()];
+            let mut present = 0u32;
             for dy in -r..=r {
                 for dx in -r..=r {
                     let (col, row) = (i64::from(tile.col) + dx, i64::from(tile.row) + dy);
@@ -119,6 +126,7 @@ pub fn tile_classes(tiles: &[TileSpec], probabilities: &[&[f32]], radius: u32) -
                         continue;
                     };
                     if let Some(&j) = at.get(&(col, row)) {
+                        present += 1;
                         for (s, p) in sum.iter_mut().zip(probabilities[j]) {
                             if p.is_finite() {
                                 *s += p;
@@ -127,7 +135,20 @@ pub fn tile_classes(tiles: &[TileSpec], probabilities: &[&[f32]], radius: u32) -
                     }
                 }
             }
-            sum.iter()
+            // The tile itself is always present, so `present` ≥ 1.
+            let n = present.max(1) as f32;
+            sum.into_iter().map(|s| s / n).collect()
+        })
+        .collect()
+}
+
+/// The class each tile counts as: the argmax of its [`smoothed_probabilities`]
+/// (ties to the lower index; NaN never wins).
+pub fn tile_classes_of(smoothed: &[Vec<f32>]) -> Vec<usize> {
+    smoothed
+        .iter()
+        .map(|mean| {
+            mean.iter()
                 .enumerate()
                 .fold((0, f32::NEG_INFINITY), |best, (c, &v)| {
                     if v > best.1 { (c, v) } else { best }
@@ -135,6 +156,13 @@ pub fn tile_classes(tiles: &[TileSpec], probabilities: &[&[f32]], radius: u32) -
                 .0
         })
         .collect()
+}
+
+/// The class each tile counts as (see the module docs): the argmax of the mean
+/// probabilities over the tiles present within `radius` grid steps, the tile included.
+/// `probabilities[i]` belongs to `tiles[i]`; NaN never wins.
+pub fn tile_classes(tiles: &[TileSpec], probabilities: &[&[f32]], radius: u32) -> Vec<usize> {
+    tile_classes_of(&smoothed_probabilities(tiles, probabilities, radius))
 }
 
 pub fn grade(areas: &PatternAreas) -> Grade {
@@ -319,6 +347,23 @@ mod tests {
         assert_eq!(classes[0], 1, "corner of the focus");
         assert_eq!(classes[6], 1, "centre of the focus");
         assert_eq!(classes[24], 0, "far corner");
+    }
+
+    #[test]
+    fn smoothed_probabilities_are_means_over_present_neighbours() {
+        // A corner tile with two of its three neighbours present: the mean over three.
+        let tiles = [tile(0, 0), tile(1, 0), tile(0, 1), tile(5, 5)];
+        let (a, b, c, far) = ([0.9f32, 0.1], [0.3f32, 0.7], [0.6f32, 0.4], [0.2f32, 0.8]);
+        let smoothed = smoothed_probabilities(&tiles, &[&a, &b, &c, &far], 1);
+        assert!((smoothed[0][0] - 0.6).abs() < 1e-6 && (smoothed[0][1] - 0.4).abs() < 1e-6);
+        // A lone tile keeps its own probabilities; radius 0 is every tile's own.
+        assert_eq!(smoothed[3], far.to_vec());
+        let own = smoothed_probabilities(&tiles, &[&a, &b, &c, &far], 0);
+        assert_eq!(own[1], b.to_vec());
+        assert_eq!(
+            tile_classes_of(&smoothed),
+            tile_classes(&tiles, &[&a, &b, &c, &far], 1)
+        );
     }
 
     #[test]

@@ -348,6 +348,32 @@ impl SlideSpec {
         })
     }
 
+    /// The pointing game's hit test: whether the ground-truth [`mask`](Self::mask)
+    /// holds class index `class` within `tolerance` level-0 pixels (a square window,
+    /// rounded up to whole mask pixels) of the level-0 point `peak`.
+    pub fn mask_holds_near(
+        &self,
+        mask: &GrayImage,
+        peak: (f64, f64),
+        tolerance: f64,
+        class: usize,
+    ) -> bool {
+        let ds = f64::from(self.mask_downsample());
+        let radius = (tolerance / ds).ceil() as i64;
+        let (cx, cy) = ((peak.0 / ds).floor() as i64, (peak.1 / ds).floor() as i64);
+        let code = class as u8 + 1;
+        (-radius..=radius).any(|dy| {
+            (-radius..=radius).any(|dx| {
+                let (x, y) = (cx + dx, cy + dy);
+                u32::try_from(x)
+                    .ok()
+                    .zip(u32::try_from(y).ok())
+                    .and_then(|(x, y)| mask.get_pixel_checked(x, y))
+                    .is_some_and(|p| p.0[0] == code)
+            })
+        })
+    }
+
     /// True tissue area per class (mm², counted on [`mask`](Self::mask)) and the grade
     /// they give, as `write_slide` reports them; needs no rendering.
     pub fn true_grade(&self) -> (PatternAreas, Grade) {
@@ -938,6 +964,28 @@ mod tests {
         assert_eq!(mask_downsample(4096, 3072), 8);
         assert_eq!(mask_downsample(80_000, 60_000), 64);
         assert_eq!(mask_downsample(100, 100), 8);
+    }
+
+    #[test]
+    fn mask_holds_near_looks_within_the_tolerance_only() {
+        let spec = SlideSpec::random(800, 800, 0.5, 1);
+        let ds = f64::from(spec.mask_downsample());
+        // Class index 2 (code 3) at mask pixel (10, 10) only; 0 elsewhere.
+        let mut mask = GrayImage::new(100, 100);
+        mask.put_pixel(10, 10, Luma([3]));
+        let at = |x: f64| (x * ds + 1.0, 10.0 * ds + 1.0);
+        assert!(spec.mask_holds_near(&mask, at(10.0), 0.0, 2));
+        assert!(
+            !spec.mask_holds_near(&mask, at(10.0), 0.0, 1),
+            "another class"
+        );
+        assert!(
+            !spec.mask_holds_near(&mask, at(12.0), ds, 2),
+            "two pixels away"
+        );
+        assert!(spec.mask_holds_near(&mask, at(12.0), 2.0 * ds, 2));
+        // Off the mask's edge is no hit and no panic.
+        assert!(!spec.mask_holds_near(&mask, (-5.0 * ds, -5.0 * ds), ds, 2));
     }
 
     #[test]

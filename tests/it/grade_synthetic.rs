@@ -25,34 +25,21 @@ use slidegrade::synth::{CorePattern, SlideSpec, SlideTruth, write_slide};
 /// are issue 12's: 9 for the Teacher, 7 for every Student. Measured 2026-12-07 with the
 /// shipped family (2.5× and 1.25× Students trained on foci and whole-patch regions) and
 /// each model's grading rule from its model.json (chosen on other cores by `slidegrade
-/// bench cores`): 9, 7, 9, 8 exact; pointing 13/13, 13/13, 13/13, 9/13 on both maps. The
-/// issue asks 90% pointing; the 1.25× Student falls short (RESULTS.md), and its floor
-/// holds what it reaches so that a regression fails here.
+/// bench cores`): 9, 7, 9, 8 exact; pointing 13/13, 13/13, 13/13 on both maps, and for
+/// the 1.25× Student 11/13 on Grad-CAM and 12/13 on the AT+ map, since the maps weight
+/// each tile by its smoothed probability (it was 9/13 weighted by the tile's own; on 81
+/// tuning cores 113/117 against 102/117). The issue asks 90% pointing; the 1.25× Student's
+/// Grad-CAM falls short here (RESULTS.md), and its floor holds what it reaches so that a
+/// regression fails here.
 const MODELS: [(&str, usize, f64); 4] = [
     ("teacher-10x", 9, 0.9),
     ("student-5x", 7, 0.9),
     ("student-2p5x", 7, 0.9),
-    ("student-1p25x", 7, 0.69),
+    ("student-1p25x", 7, 0.84),
 ];
 
 fn models_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("models")
-}
-
-/// Whether the ground-truth mask holds class `code` (index + 1) within `radius` mask pixels
-/// of `(x, y)`.
-fn mask_has(mask: &GrayImage, x: f64, y: f64, radius: i64, code: u8) -> bool {
-    let (cx, cy) = (x.floor() as i64, y.floor() as i64);
-    (-radius..=radius).any(|dy| {
-        (-radius..=radius).any(|dx| {
-            let (px, py) = (cx + dx, cy + dy);
-            px >= 0
-                && py >= 0
-                && (px as u32) < mask.width()
-                && (py as u32) < mask.height()
-                && mask.get_pixel(px as u32, py as u32).0[0] == code
-        })
-    })
 }
 
 /// One generated slide and its answers.
@@ -60,8 +47,8 @@ struct Case {
     pattern: CorePattern,
     path: PathBuf,
     truth: SlideTruth,
+    spec: SlideSpec,
     mask: GrayImage,
-    mask_downsample: f64,
 }
 
 /// How one model did on the nine slides.
@@ -109,12 +96,11 @@ impl Score {
             if true_area <= 0.0 || predicted <= 0.0 {
                 continue;
             }
-            // Tolerance: one heatmap cell, in mask pixels.
-            let ds = case.mask_downsample;
-            let radius = (graded.heatmaps.cell_side / ds).ceil() as i64;
+            // Tolerance: one heatmap cell.
             let points_at_truth = |maps: &slidegrade::grade::heatmaps::Heatmaps| {
-                let (x, y) = maps.peak(c).expect("a predicted class has a map");
-                mask_has(&case.mask, x / ds, y / ds, radius, c as u8 + 1)
+                let peak = maps.peak(c).expect("a predicted class has a map");
+                case.spec
+                    .mask_holds_near(&case.mask, peak, maps.cell_side, c)
             };
             let hit = points_at_truth(&graded.heatmaps);
             self.pointings += 1;
@@ -156,7 +142,7 @@ fn synthetic_slides_grade_as_their_ground_truth() {
                 path,
                 truth,
                 mask: spec.mask(),
-                mask_downsample: f64::from(spec.mask_downsample()),
+                spec,
             }
         })
         .collect();
