@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use crate::common;
 use crate::postgres::TempPostgres;
-use crate::serve_process::{JOB_WAIT, Serve, slow_model};
+use crate::serve_process::{JOB_WAIT, Serve, slow_model_at};
 
 /// A webhook receiver on loopback: answers 200 to every POST and counts them by job.
 fn webhook_receiver() -> (SocketAddr, Arc<Mutex<BTreeMap<String, u32>>>) {
@@ -106,7 +106,10 @@ struct Setup {
 fn setup() -> Option<Setup> {
     let slides = common::shared_data()?.join("slides");
     let dir = tempfile::tempdir().unwrap();
-    slow_model(dir.path());
+    // Level 0 of the CMU slide (about 10,000 tiles a job): a job must outlast several
+    // rounds of polling eight jobs, or the kill below never finds one mid-way (at 2 µm/px
+    // an optimised build finishes a job in about a second).
+    slow_model_at(dir.path(), 0.5);
     Some(Setup {
         cmu: slides.join("CMU-1-Small-Region.svs"),
         slides,
@@ -147,7 +150,9 @@ fn a_replica_killed_mid_job_loses_nothing_and_nothing_happens_twice() {
         assert!(status.success(), "kill {sig}");
     };
     let deadline = Instant::now() + JOB_WAIT;
+    let mut polls = 0;
     let killed_job = loop {
+        polls += 1;
         let jobs: Vec<Value> = ids.iter().map(|id| b.job(id)).collect();
         let finished_on_a = jobs
             .iter()
@@ -163,7 +168,10 @@ fn a_replica_killed_mid_job_loses_nothing_and_nothing_happens_twice() {
             }
             signal("-CONT");
         }
-        assert!(Instant::now() < deadline, "a never got mid-job: {jobs:?}");
+        assert!(
+            Instant::now() < deadline,
+            "a never got mid-job in {polls} polls: {jobs:?}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     };
     a.child.kill().unwrap();

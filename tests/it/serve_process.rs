@@ -14,8 +14,14 @@ use std::time::{Duration, Instant};
 /// about 1,600 tiles, so a job has many batches (at which a stop request is seen) and
 /// runs long enough to be interrupted in the middle.
 pub fn slow_model(dir: &Path) {
+    slow_model_at(dir, 2.0);
+}
+
+/// [`slow_model`] at `mpp` µm/px: finer means more tiles and longer jobs (0.5 µm/px, level
+/// 0 of CMU-1-Small-Region: about 16 times as many tiles as at 2 µm/px).
+pub fn slow_model_at(dir: &Path, mpp: f64) {
     let mut info = common::export_info("tiny");
-    info.mpp = 2.0;
+    info.mpp = mpp;
     slidegrade::build::export::export(&common::tiny_network(3), &info, &dir.join("models/tiny"))
         .expect("export the tiny model");
 }
