@@ -289,29 +289,22 @@ fn pointing_game(
         let (heatmaps, attention_maps) =
             pipeline::stitch_maps(manifest, grid, tiles, &weights.smoothed_probabilities);
         let mask = core.spec.mask();
-        let truth = &core.truth.areas_mm2;
-        for (c, &pattern) in patterns.iter().enumerate() {
-            let true_area = match pattern {
-                3 => truth.g3,
-                4 => truth.g4,
-                5 => truth.g5,
-                _ => continue,
-            };
-            let predicted = tally
-                .class_areas_mm2
-                .get(&manifest.classes[c])
-                .copied()
-                .unwrap_or(0.0);
-            if true_area <= 0.0 || predicted <= 0.0 {
-                continue;
-            }
-            let hit = |maps: &crate::grade::heatmaps::Heatmaps| {
-                maps.peak(c)
-                    .is_some_and(|peak| core.spec.mask_holds_near(&mask, peak, maps.cell_side, c))
-            };
-            cam.add(hit(&heatmaps));
-            if let Some(maps) = &attention_maps {
-                attention.add(hit(maps));
+        let play = |maps| {
+            core.spec.pointing_game(
+                &mask,
+                &core.truth.areas_mm2,
+                &manifest.classes,
+                patterns,
+                &tally.class_areas_mm2,
+                maps,
+            )
+        };
+        for (_, hit) in play(&heatmaps) {
+            cam.add(hit);
+        }
+        if let Some(maps) = &attention_maps {
+            for (_, hit) in play(maps) {
+                attention.add(hit);
             }
         }
     }

@@ -26,7 +26,7 @@
 //! timing and memory benchmarks, wrong for training or for comparing pixels with
 //! [`SlideSpec::render_region`]. Truth (mask, areas, grade) is unaffected.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::BufWriter;
 use std::path::{Path, PathBuf};
@@ -40,6 +40,7 @@ use super::class::Class;
 use super::layout::{CorePattern, CoreSpec, Layout, RectKind, random_cores};
 use super::paint::{GLASS, render_with};
 use super::tiff::{TiffMeta, TiffWriter};
+use crate::grade::heatmaps::Heatmaps;
 use crate::grade::rule::{Grade, PatternAreas, grade};
 
 /// Tile edge in pixels, at every level.
@@ -372,6 +373,43 @@ impl SlideSpec {
                     .is_some_and(|p| p.0[0] == code)
             })
         })
+    }
+
+    /// The pointing game on one graded slide of this spec: for each Gleason pattern that
+    /// is both in `truth` and predicted (`class_areas_mm2` of its class > 0), whether the
+    /// peak of its map in `maps` lies within one map cell of its true region on `mask`.
+    /// `patterns[c]` is class `c`'s Gleason pattern (3–5; anything else is not played).
+    /// Returns `(class index, hit)` per pointing, in class order.
+    pub fn pointing_game(
+        &self,
+        mask: &GrayImage,
+        truth: &PatternAreas,
+        classes: &[String],
+        patterns: &[u8],
+        class_areas_mm2: &BTreeMap<String, f64>,
+        maps: &Heatmaps,
+    ) -> Vec<(usize, bool)> {
+        classes
+            .iter()
+            .zip(patterns)
+            .enumerate()
+            .filter_map(|(c, (name, pattern))| {
+                let true_area = match pattern {
+                    3 => truth.g3,
+                    4 => truth.g4,
+                    5 => truth.g5,
+                    _ => return None,
+                };
+                let predicted = class_areas_mm2.get(name).copied().unwrap_or(0.0);
+                if true_area <= 0.0 || predicted <= 0.0 {
+                    return None;
+                }
+                let hit = maps
+                    .peak(c)
+                    .is_some_and(|peak| self.mask_holds_near(mask, peak, maps.cell_side, c));
+                Some((c, hit))
+            })
+            .collect()
     }
 
     /// True tissue area per class (mm², counted on [`mask`](Self::mask)) and the grade

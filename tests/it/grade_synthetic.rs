@@ -15,7 +15,7 @@
 use std::path::{Path, PathBuf};
 
 use image::GrayImage;
-use slidegrade::grade::pipeline::{GradeOptions, Graded, grade_slide};
+use slidegrade::grade::pipeline::{GradeOptions, Graded, class_patterns, grade_slide};
 use slidegrade::model::contract;
 use slidegrade::model::engine::{EngineConfig, EnginePool};
 use slidegrade::synth::{CorePattern, SlideSpec, SlideTruth, write_slide};
@@ -65,7 +65,7 @@ struct Score {
 }
 
 impl Score {
-    fn add(&mut self, case: &Case, graded: &Graded, classes: &[String]) {
+    fn add(&mut self, case: &Case, graded: &Graded, classes: &[String], patterns: &[u8]) {
         let grade = graded.grade.clone().expect("a core has tissue");
         let truth = &case.truth;
         // Tissue: the mask must find the core (a pen-rejection bug once lost a third of it).
@@ -84,32 +84,28 @@ impl Score {
         self.isup_within_one += usize::from(off <= 1);
 
         // Pointing game over the cancer patterns predicted and present.
+        let play = |maps| {
+            case.spec.pointing_game(
+                &case.mask,
+                &truth.areas_mm2,
+                classes,
+                patterns,
+                &graded.class_areas_mm2,
+                maps,
+            )
+        };
         let mut slide_hits = Vec::new();
-        for (c, name) in classes.iter().enumerate() {
-            let true_area = match name.as_str() {
-                "G3" => truth.areas_mm2.g3,
-                "G4" => truth.areas_mm2.g4,
-                "G5" => truth.areas_mm2.g5,
-                _ => continue,
-            };
-            let predicted = graded.class_areas_mm2.get(name).copied().unwrap_or(0.0);
-            if true_area <= 0.0 || predicted <= 0.0 {
-                continue;
-            }
-            // Tolerance: one heatmap cell.
-            let points_at_truth = |maps: &slidegrade::grade::heatmaps::Heatmaps| {
-                let peak = maps.peak(c).expect("a predicted class has a map");
-                case.spec
-                    .mask_holds_near(&case.mask, peak, maps.cell_side, c)
-            };
-            let hit = points_at_truth(&graded.heatmaps);
+        for (c, hit) in play(&graded.heatmaps) {
             self.pointings += 1;
             self.hits += usize::from(hit);
-            if let Some(attention) = &graded.attention {
+            let verdict = if hit { "hit" } else { "miss" };
+            slide_hits.push(format!("{}:{verdict}", classes[c]));
+        }
+        if let Some(attention) = &graded.attention {
+            for (_, hit) in play(attention) {
                 self.attention_pointings += 1;
-                self.attention_hits += usize::from(points_at_truth(attention));
+                self.attention_hits += usize::from(hit);
             }
-            slide_hits.push(format!("{name}:{}", if hit { "hit" } else { "miss" }));
         }
         self.lines.push(format!(
             "  truth {:>7} (ISUP {})  graded {:>7} (ISUP {})  tissue {:.2}/{:.2} mm²  {}",
@@ -154,11 +150,12 @@ fn synthetic_slides_grade_as_their_ground_truth() {
         let model = contract::load(&models_dir().join(name)).unwrap();
         let pool = EnginePool::new(&model, &EngineConfig::default()).unwrap();
         let classes = pool.manifest().classes.clone();
+        let patterns = class_patterns(pool.manifest()).unwrap();
         let mut score = Score::default();
         for case in &cases {
             let graded =
                 grade_slide(&case.path, &pool, &GradeOptions::default(), &mut |_, _| {}).unwrap();
-            score.add(case, &graded, &classes);
+            score.add(case, &graded, &classes, &patterns);
         }
         report.push(format!(
             "{name}: exact Gleason {}/{n}; ISUP within one group {}/{n}; pointing game {}/{} (Grad-CAM), {}/{} (AT+ map)\n{}",
