@@ -11,6 +11,7 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use anyhow::Context;
+use image::GrayImage;
 
 use super::common::{header, load_models};
 use crate::grade::pipeline::{self, GradeOptions, class_patterns};
@@ -61,6 +62,9 @@ struct Core {
     path: PathBuf,
     spec: SlideSpec,
     truth: SlideTruth,
+    /// The ground-truth mask of the pointing game, drawn once: every model and weighting
+    /// plays on it.
+    mask: GrayImage,
 }
 
 fn cores(args: &CoresArgs) -> anyhow::Result<Vec<Core>> {
@@ -79,7 +83,13 @@ fn cores(args: &CoresArgs) -> anyhow::Result<Vec<Core>> {
                     .with_context(|| format!("cannot parse {}", truth_path.display()))?,
                 _ => write_slide(&path, &spec)?,
             };
-            out.push(Core { path, spec, truth });
+            let mask = spec.mask();
+            out.push(Core {
+                path,
+                spec,
+                truth,
+                mask,
+            });
         }
     }
     Ok(out)
@@ -285,13 +295,13 @@ fn pointing_game(
     let (mut cam, mut attention) = (Hits::default(), Hits::default());
     for (((tiles, um2), grid), core) in inferred.iter().zip(grids).zip(cores) {
         let tally = pipeline::tally(tiles, &manifest.classes, patterns, *um2, radius);
-        let weights = pipeline::tally(tiles, &manifest.classes, patterns, *um2, weight_radius);
-        let (heatmaps, attention_maps) =
-            pipeline::stitch_maps(manifest, grid, tiles, &weights.smoothed_probabilities);
-        let mask = core.spec.mask();
+        let weights = (weight_radius != radius)
+            .then(|| pipeline::tally(tiles, &manifest.classes, patterns, *um2, weight_radius));
+        let smoothed = &weights.as_ref().unwrap_or(&tally).smoothed_probabilities;
+        let (heatmaps, attention_maps) = pipeline::stitch_maps(manifest, grid, tiles, smoothed);
         let play = |maps| {
             core.spec.pointing_game(
-                &mask,
+                &core.mask,
                 &core.truth.areas_mm2,
                 &manifest.classes,
                 patterns,
