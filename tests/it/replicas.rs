@@ -106,9 +106,9 @@ struct Setup {
 fn setup() -> Option<Setup> {
     let slides = common::shared_data()?.join("slides");
     let dir = tempfile::tempdir().unwrap();
-    // Level 0 of the CMU slide (about 10,000 tiles a job): a job must outlast several
-    // rounds of polling eight jobs, or the kill below never finds one mid-way (at 2 µm/px
-    // an optimised build finishes a job in about a second).
+    // Level 0 of the CMU slide (about 10,000 tiles, 1.6 s a job): the kill below must land
+    // while a job runs, between a's "job started" log line and the end of that job (at
+    // 2 µm/px an optimised build finishes a job in a fraction of a second).
     slow_model_at(dir.path(), 0.5);
     Some(Setup {
         cmu: slides.join("CMU-1-Small-Region.svs"),
@@ -138,9 +138,12 @@ fn a_replica_killed_mid_job_loses_nothing_and_nothing_happens_twice() {
         })
         .collect();
 
-    // Kill a once it has finished a job and is in the middle of another. To be sure the
-    // kill lands mid-job, a is frozen (SIGSTOP) first and the job checked again: still
-    // running means a cannot have finished it; otherwise a resumes and we wait again.
+    // Kill a once it has finished a job and is in the middle of another. a's own log says
+    // when: after its first "job finished", each "job started" line names the job it has
+    // just claimed (polling every job over HTTP instead could miss a's 1.6-s windows on
+    // a loaded machine). To be sure the kill lands mid-job, a is frozen (SIGSTOP) and the
+    // job checked through b: still running on a means a cannot have finished it;
+    // otherwise a resumes and we wait for its next job.
     let a_pid = a.child.id();
     let signal = |sig: &str| {
         let status = std::process::Command::new("kill")
@@ -149,30 +152,16 @@ fn a_replica_killed_mid_job_loses_nothing_and_nothing_happens_twice() {
             .unwrap();
         assert!(status.success(), "kill {sig}");
     };
-    let deadline = Instant::now() + JOB_WAIT;
-    let mut polls = 0;
+    a.wait_for_log("job finished");
     let killed_job = loop {
-        polls += 1;
-        let jobs: Vec<Value> = ids.iter().map(|id| b.job(id)).collect();
-        let finished_on_a = jobs
-            .iter()
-            .any(|j| j["state"] == "done" && worker_pid(j) == Some(a_pid));
-        let running_on_a = jobs
-            .iter()
-            .find(|j| j["state"] == "running" && worker_pid(j) == Some(a_pid));
-        if finished_on_a && let Some(job) = running_on_a {
-            let id = job["id"].as_str().unwrap().to_string();
-            signal("-STOP");
-            if b.job(&id)["state"] == "running" {
-                break id;
-            }
-            signal("-CONT");
+        let started = a.wait_for_log("job started");
+        let id = started["fields"]["job"].as_str().unwrap().to_string();
+        signal("-STOP");
+        let job = b.job(&id);
+        if job["state"] == "running" && worker_pid(&job) == Some(a_pid) {
+            break id;
         }
-        assert!(
-            Instant::now() < deadline,
-            "a never got mid-job in {polls} polls: {jobs:?}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
+        signal("-CONT");
     };
     a.child.kill().unwrap();
     a.child.wait().unwrap();
