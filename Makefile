@@ -43,12 +43,14 @@ run: build
 # CARGO_INCREMENTAL=0: from a fresh clone (CI) there is no incremental cache to reuse,
 # and without one this crate compiles about a third faster (BENCHMARKS.md, issue 13).
 # Cargo keeps these artefacts beside the incremental ones, so a plain `cargo test` in an
-# edit loop stays incremental.
+# edit loop stays incremental. Exported for the whole target: a cargo command here with
+# the other setting would rebuild this crate.
+test: export CARGO_INCREMENTAL = 0
 test: setup
 	scripts/setup-web.sh --browser
 	scripts/setup-postgres.sh
-	CARGO_INCREMENTAL=0 $(CARGO) test --locked --all-targets --all-features
-	CARGO_INCREMENTAL=0 $(CARGO) test --locked --doc --all-features
+	$(CARGO) test --locked --all-targets --all-features
+	$(CARGO) test --locked --doc --all-features
 	SLIDEGRADE_BIN=./target/debug/slidegrade scripts/distill-and-export.sh --quick
 	for m in target/distill-quick/models/*/; do ./target/debug/slidegrade check-model "$$m" || exit 1; done
 	cd web && node --test tests/viewer.test.mjs
