@@ -84,9 +84,9 @@ phase "7 mixed set: 2.5× and 1.25× Students fine-tuned on foci and regions"
 $train recipe --kind mixed --init-from target/distill --out target/distill-mixed \
     --student-sizes 32,16 --teacher-epochs 10 --models-dir target/mixed-models \
     --results RESULTS.md --results-section synthetic-mixed --resume
+# 81 cores, radii 0–3, minimum areas 0–1 mm² (the defaults): how every shipped rule was chosen.
 $bin bench cores --models-dir target/mixed-models --model student-2p5x \
-    --model student-1p25x --radii 0,1,2,3 --min-areas 0,0.05,0.1,0.2,0.3,0.5,0.75,1 \
-    --write-recommendation
+    --model student-1p25x --write-recommendation
 echo "compare with the focal Students' bench cores, then copy the better ones to models/"
 
 phase "done"
